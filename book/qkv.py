@@ -1,0 +1,37 @@
+# Generated from chapters/04_query_key_value.ipynb by tools/export.py: edit the notebook, not this file.
+"""One attention head with learned query, key and value projections (chapter 4)."""
+from torch import nn
+
+from book.attention import scaled_dot_product_attention
+
+
+class AttentionHead(nn.Module):
+    """A single head: project, then scaled dot-product attention.
+
+    q_proj: d_model -> d_k, k_proj: d_model -> d_k, v_proj: d_model -> d_v.
+    """
+
+    def __init__(self, d_model, d_k, d_v, bias=True):
+        super().__init__()
+        for name, value in (("d_model", d_model), ("d_k", d_k), ("d_v", d_v)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        self.d_model = d_model
+        self.q_proj = nn.Linear(d_model, d_k, bias=bias)
+        self.k_proj = nn.Linear(d_model, d_k, bias=bias)
+        self.v_proj = nn.Linear(d_model, d_v, bias=bias)
+        self.attention_weights = None
+
+    def forward(self, query, key, value, mask=None):
+        """query: (B, T_q, D); key, value: (B, T_k, D); mask: bool, broadcastable to (B, T_q, T_k).
+
+        Returns (B, T_q, d_v). The weights (B, T_q, T_k) are kept, detached, in ``attention_weights``.
+        """
+        for name, x in (("query", query), ("key", key), ("value", value)):
+            if x.size(-1) != self.d_model:
+                raise ValueError(f"{name} width {x.size(-1)} (shape {tuple(x.shape)}) != d_model={self.d_model}")
+        output, weights = scaled_dot_product_attention(
+            self.q_proj(query), self.k_proj(key), self.v_proj(value), mask
+        )
+        self.attention_weights = weights.detach()
+        return output
