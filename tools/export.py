@@ -69,15 +69,15 @@ def write_atomic(path, text):
     os.replace(tmp, path)
 
 
-def main(argv=None):
+def main(argv=None, root=ROOT):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="report differences, write nothing")
     args = parser.parse_args(argv)
 
-    wanted = modules_from_notebooks()
+    wanted = modules_from_notebooks(root)
     problems = []
     for module, text in sorted(wanted.items()):
-        path = ROOT / module
+        path = root / module
         if path.exists() and not is_generated(path):
             problems.append(f"{module}: hand-written (no banner), refusing to overwrite it")
         elif not path.exists() or path.read_text(encoding="utf-8") != text:
@@ -86,8 +86,8 @@ def main(argv=None):
             else:
                 write_atomic(path, text)
                 print(f"wrote {module}")
-    for path in sorted((ROOT / "book").glob("*.py")):
-        module = path.relative_to(ROOT).as_posix()
+    for path in sorted((root / "book").glob("*.py")):
+        module = path.relative_to(root).as_posix()
         if module not in wanted and is_generated(path):
             problems.append(f"{module}: generated, but no notebook exports it any more")
     for problem in problems:
