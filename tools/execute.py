@@ -38,6 +38,8 @@ def execute(path, timeout):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         nbformat.write(nb, f)
+    # mkstemp creates the file private (0600); give it the usual permissions.
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return seconds
 

@@ -66,6 +66,8 @@ def write_atomic(path, text):
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         f.write(text)
+    # mkstemp creates the file private (0600); give it the usual permissions.
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
 
 
