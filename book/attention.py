@@ -1,6 +1,11 @@
 # Generated from chapters/02_attention.ipynb by tools/export.py: edit the notebook, not this file.
-"""Scaled dot-product attention, softmax and masks (chapter 2)."""
+"""Scaled dot-product attention, softmax and masks (chapter 2).
+
+Masks are boolean and ``True`` means "may attend", the convention of
+``torch.nn.functional.scaled_dot_product_attention``.
+"""
 import math
+import operator
 
 import torch
 
@@ -8,32 +13,41 @@ import torch
 def softmax(x, dim=-1):
     """Numerically stable softmax along ``dim``; equals ``torch.softmax``.
 
-    Subtracting the row maximum before ``exp`` keeps every exponent <= 0, so
-    nothing overflows. A row that is entirely ``-inf`` (a query with no key it
-    may attend to) becomes all zeros instead of NaN.
+    x: any shape. Returns a tensor of the same shape whose entries along ``dim``
+    are >= 0 and sum to 1.
 
-    x: any shape. Returns a tensor of the same shape.
+    Subtracting the maximum first keeps every exponent <= 0, so ``exp`` cannot
+    overflow. A slice that is entirely ``-inf`` (a query with no key it may
+    attend to) becomes all zeros instead of NaN, and so does its gradient.
     """
-    row_max = x.amax(dim=dim, keepdim=True)
-    # An all -inf row has max -inf, and -inf - (-inf) is NaN: shift by 0 instead.
-    row_max = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    exps = torch.exp(x - row_max.detach())
+    if x.size(dim) == 0:
+        return torch.exp(x)  # nothing to normalise: an empty tensor of the same shape
+    shift = x.amax(dim=dim, keepdim=True).detach()
+    # An all -inf slice has maximum -inf, and -inf - (-inf) is NaN: shift it by 0.
+    shift = torch.where(shift.isneginf(), torch.zeros_like(shift), shift)
+    exps = torch.exp(x - shift)
     total = exps.sum(dim=dim, keepdim=True)
-    # Clamping (not torch.where) keeps the gradient of an empty row at zero, not NaN.
-    return exps / total.clamp_min(torch.finfo(exps.dtype).tiny)
+    # Only an all -inf slice sums to 0; dividing its zeros by 1 keeps the values and
+    # the gradient at 0 (a tiny divisor instead would blow the gradient up to inf * 0).
+    return exps / torch.where(total > 0, total, torch.ones_like(total))
+
+
+def _shape(tensor):
+    return tuple(tensor.shape)
 
 
 def _check_mask(mask, scores_shape):
-    if mask.dtype != torch.bool:
-        raise ValueError(f"mask must be a bool tensor (True = may attend), got dtype {mask.dtype}")
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        dtype = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a bool tensor (True = may attend), got {dtype}")
     try:
-        broadcast = torch.broadcast_shapes(tuple(mask.shape), tuple(scores_shape))
+        broadcast = torch.broadcast_shapes(_shape(mask), scores_shape)
     except RuntimeError:
         broadcast = None
-    if broadcast != tuple(scores_shape):
+    if broadcast != scores_shape:
         raise ValueError(
-            f"mask of shape {tuple(mask.shape)} does not broadcast to the attention "
-            f"scores of shape {tuple(scores_shape)} (..., T_q, T_k)"
+            f"mask of shape {_shape(mask)} does not broadcast to the attention scores "
+            f"of shape {scores_shape} (..., T_q, T_k)"
         )
 
 
@@ -52,24 +66,30 @@ def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
     if query.dim() < 2 or key.dim() < 2 or value.dim() < 2:
         raise ValueError(
             f"query, key and value need at least 2 dimensions (..., T, d), got shapes "
-            f"{tuple(query.shape)}, {tuple(key.shape)}, {tuple(value.shape)}"
+            f"{_shape(query)}, {_shape(key)}, {_shape(value)}"
         )
     if query.size(-1) != key.size(-1):
         raise ValueError(
-            f"query width d_k={query.size(-1)} (shape {tuple(query.shape)}) does not match "
-            f"key width {key.size(-1)} (shape {tuple(key.shape)})"
+            f"query width d_k={query.size(-1)} (shape {_shape(query)}) does not match "
+            f"key width {key.size(-1)} (shape {_shape(key)})"
         )
+    if query.size(-1) == 0:
+        raise ValueError(f"query and key width d_k must be >= 1, got shape {_shape(query)}")
     if key.size(-2) != value.size(-2):
         raise ValueError(
-            f"key length T_k={key.size(-2)} (shape {tuple(key.shape)}) does not match "
-            f"value length {value.size(-2)} (shape {tuple(value.shape)})"
+            f"key length T_k={key.size(-2)} (shape {_shape(key)}) does not match "
+            f"value length {value.size(-2)} (shape {_shape(value)})"
+        )
+    if not query.dtype == key.dtype == value.dtype:
+        raise ValueError(
+            f"query, key and value must share a dtype, got {query.dtype}, {key.dtype}, {value.dtype}"
         )
     try:
         batch = torch.broadcast_shapes(query.shape[:-2], key.shape[:-2], value.shape[:-2])
     except RuntimeError:
         raise ValueError(
-            f"batch dimensions of query {tuple(query.shape)}, key {tuple(key.shape)} and "
-            f"value {tuple(value.shape)} do not broadcast"
+            f"batch dimensions of query {_shape(query)}, key {_shape(key)} and "
+            f"value {_shape(value)} do not broadcast"
         ) from None
     scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))
     if mask is not None:
@@ -80,15 +100,19 @@ def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
     return mixing @ value, weights
 
 
-def causal_mask(size, device=None):
-    """Bool (size, size), True on and below the diagonal: position i may see j <= i."""
-    if size < 1:
-        raise ValueError(f"causal mask size must be >= 1, got {size}")
-    return torch.ones(size, size, dtype=torch.bool, device=device).tril()
-
-
 def padding_mask(tokens, pad_id):
     """Bool (B, 1, T), True where ``tokens`` (B, T) is not ``pad_id``."""
     if tokens.dim() != 2:
-        raise ValueError(f"tokens must be (batch, length), got shape {tuple(tokens.shape)}")
+        raise ValueError(f"tokens must be (batch, length), got shape {_shape(tokens)}")
     return (tokens != pad_id).unsqueeze(1)
+
+
+def causal_mask(size, device=None):
+    """Bool (size, size), True on and below the diagonal: position i may attend to j <= i."""
+    try:
+        size = operator.index(size)
+    except TypeError:
+        raise ValueError(f"causal mask size must be an integer, got {size!r}") from None
+    if size < 1:
+        raise ValueError(f"causal mask size must be >= 1, got {size}")
+    return torch.ones(size, size, dtype=torch.bool, device=device).tril()

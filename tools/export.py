@@ -91,7 +91,11 @@ def main(argv=None, root=ROOT):
     for path in sorted((root / "book").glob("*.py")):
         module = path.relative_to(root).as_posix()
         if module not in wanted and is_generated(path):
-            problems.append(f"{module}: generated, but no notebook exports it any more")
+            message = f"{module}: generated, but no notebook exports it any more"
+            if args.check:
+                problems.append(message)
+            else:
+                print(f"warning: {message}", file=sys.stderr)
     for problem in problems:
         print(problem, file=sys.stderr)
     return 1 if problems else 0
