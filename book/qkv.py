@@ -1,20 +1,21 @@
 # Generated from chapters/04_query_key_value.ipynb by tools/export.py: edit the notebook, not this file.
 """One attention head with learned query, key and value projections (chapter 4)."""
+import torch
 from torch import nn
 
 from book.attention import scaled_dot_product_attention
 
 
 class AttentionHead(nn.Module):
-    """A single head: project, then scaled dot-product attention.
+    """A single head: project to queries, keys and values, then scaled dot-product attention.
 
-    q_proj: d_model -> d_k, k_proj: d_model -> d_k, v_proj: d_model -> d_v.
+    q_proj, k_proj: d_model -> d_k; v_proj: d_model -> d_v.
     """
 
     def __init__(self, d_model, d_k, d_v, bias=True):
         super().__init__()
         for name, value in (("d_model", d_model), ("d_k", d_k), ("d_v", d_v)):
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
         self.d_model = d_model
         self.q_proj = nn.Linear(d_model, d_k, bias=bias)
@@ -28,8 +29,9 @@ class AttentionHead(nn.Module):
         Returns (B, T_q, d_v). The weights (B, T_q, T_k) are kept, detached, in ``attention_weights``.
         """
         for name, x in (("query", query), ("key", key), ("value", value)):
-            if x.size(-1) != self.d_model:
-                raise ValueError(f"{name} width {x.size(-1)} (shape {tuple(x.shape)}) != d_model={self.d_model}")
+            if not torch.is_tensor(x) or x.dim() < 2 or x.size(-1) != self.d_model:
+                shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+                raise ValueError(f"{name} must have shape (..., T, d_model={self.d_model}), got {shape}")
         output, weights = scaled_dot_product_attention(
             self.q_proj(query), self.k_proj(key), self.v_proj(value), mask
         )
