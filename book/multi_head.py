@@ -1,32 +1,68 @@
 # Generated from chapters/05_multi_head_attention.ipynb by tools/export.py: edit the notebook, not this file.
-"""Multi-head attention: h heads computed in parallel by reshaping (chapter 5)."""
+"""Multi-head attention: h attention heads computed in parallel by reshaping (chapter 5)."""
+import torch
 from torch import nn
 
 from book.attention import scaled_dot_product_attention
 
 
-class MultiHeadAttention(nn.Module):
-    """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O.
+def split_heads(x, num_heads):
+    """Give each head its slice of the features: (B, T, h*d) -> (B, h, T, d).
 
-    q_proj, k_proj: D -> h*d_k; v_proj: D -> h*d_v; out_proj: h*d_v -> D.
-    d_k and d_v default to D // h.
+    Head i receives features [i*d, (i+1)*d) of every position.
+    """
+    if not torch.is_tensor(x) or x.dim() != 3 or num_heads < 1 or x.size(-1) % num_heads:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(
+            f"split_heads expects (batch, length, features) with features divisible by "
+            f"num_heads={num_heads}, got {shape}"
+        )
+    batch, length, features = x.shape
+    return x.reshape(batch, length, num_heads, features // num_heads).transpose(1, 2)
+
+
+def merge_heads(x):
+    """Undo split_heads, concatenating the heads: (B, h, T, d) -> (B, T, h*d)."""
+    if not torch.is_tensor(x) or x.dim() != 4:
+        shape = tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"merge_heads expects (batch, heads, length, width), got {shape}")
+    batch, heads, length, width = x.shape
+    return x.transpose(1, 2).reshape(batch, length, heads * width)
+
+
+def _shape(x):
+    return tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+class MultiHeadAttention(nn.Module):
+    """MultiHead(Q, K, V) = Concat(head_1, ..., head_h) W^O, all heads computed at once.
+
+    q_proj, k_proj: D -> h*d_k;  v_proj: D -> h*d_v;  out_proj: h*d_v -> D.
+    Rows [i*d_k, (i+1)*d_k) of q_proj and k_proj, and rows [i*d_v, (i+1)*d_v) of
+    v_proj, belong to head i. d_k and d_v default to D // h, which keeps the cost
+    of the layer independent of h.
     """
 
     def __init__(self, d_model, num_heads, d_k=None, d_v=None, dropout=0.0, bias=True):
         super().__init__()
-        if not isinstance(d_model, int) or not isinstance(num_heads, int) or d_model < 1 or num_heads < 1:
-            raise ValueError(f"d_model and num_heads must be positive integers, got {d_model!r} and {num_heads!r}")
+        _check_positive_int("d_model", d_model)
+        _check_positive_int("num_heads", num_heads)
         if (d_k is None or d_v is None) and d_model % num_heads:
             raise ValueError(
-                f"d_model={d_model} is not divisible by num_heads={num_heads}; "
-                f"pass d_k and d_v explicitly or choose sizes that divide"
+                f"d_model={d_model} is not divisible by num_heads={num_heads}; d_k and d_v default to "
+                f"d_model // num_heads, so pass both explicitly or choose num_heads dividing d_model"
             )
         d_k = d_model // num_heads if d_k is None else d_k
         d_v = d_model // num_heads if d_v is None else d_v
-        if d_k < 1 or d_v < 1:
-            raise ValueError(f"d_k and d_v must be >= 1, got d_k={d_k}, d_v={d_v}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        _check_positive_int("d_k", d_k)
+        _check_positive_int("d_v", d_v)
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+            raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
         self.d_model, self.num_heads, self.d_k, self.d_v = d_model, num_heads, d_k, d_v
         self.q_proj = nn.Linear(d_model, num_heads * d_k, bias=bias)
         self.k_proj = nn.Linear(d_model, num_heads * d_k, bias=bias)
@@ -35,37 +71,43 @@ class MultiHeadAttention(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.attention_weights = None
 
-    def _split_heads(self, x, width):
-        # (B, T, h*width) -> (B, h, T, width)
-        batch, length, _ = x.shape
-        return x.view(batch, length, self.num_heads, width).transpose(1, 2)
+    def _check(self, query, key, value, mask):
+        """Validate the inputs; return the mask shaped (B or 1, 1, T_q or 1, T_k or 1), or None."""
+        for name, x in (("query", query), ("key", key), ("value", value)):
+            if not torch.is_tensor(x) or x.dim() != 3 or x.size(-1) != self.d_model:
+                raise ValueError(f"{name} must have shape (batch, length, d_model={self.d_model}), got {_shape(x)}")
+        if not query.size(0) == key.size(0) == value.size(0) or key.size(1) != value.size(1):
+            raise ValueError(
+                f"query {_shape(query)}, key {_shape(key)} and value {_shape(value)} must share the "
+                f"batch size, and key and value the length"
+            )
+        if mask is None:
+            return None
+        expected = (query.size(0), query.size(1), key.size(1))
+        if not torch.is_tensor(mask) or mask.dtype != torch.bool:
+            kind = mask.dtype if torch.is_tensor(mask) else type(mask).__name__
+            raise ValueError(f"mask must be a bool tensor (True = may attend), got {kind}")
+        try:
+            fits = mask.dim() <= 3 and torch.broadcast_shapes(mask.shape, expected) == expected
+        except RuntimeError:
+            fits = False
+        if not fits:
+            raise ValueError(
+                f"mask of shape {_shape(mask)} does not broadcast to (batch, T_q, T_k) = {expected}"
+            )
+        # Pad the mask to three axes, then add the head axis: one mask serves every head.
+        return mask.reshape((1,) * (3 - mask.dim()) + tuple(mask.shape)).unsqueeze(1)
 
     def forward(self, query, key, value, mask=None):
-        """query: (B, T_q, D); key, value: (B, T_k, D).
+        """query: (B, T_q, D); key, value: (B, T_k, D) -> (B, T_q, D).
 
-        mask: bool, broadcastable to (B, T_q, T_k), True = may attend; the head axis is
-        inserted here. Returns (B, T_q, D); ``attention_weights`` holds (B, h, T_q, T_k).
+        mask: bool, broadcastable to (B, T_q, T_k), True = may attend, shared by all heads.
+        Afterwards ``attention_weights`` holds every head's weights, (B, h, T_q, T_k), detached.
         """
-        for name, x in (("query", query), ("key", key), ("value", value)):
-            if x.dim() != 3 or x.size(-1) != self.d_model:
-                raise ValueError(
-                    f"{name} must be (batch, length, d_model={self.d_model}), got shape {tuple(x.shape)}"
-                )
-        if key.shape[:2] != value.shape[:2] or query.size(0) != key.size(0):
-            raise ValueError(
-                f"query {tuple(query.shape)}, key {tuple(key.shape)} and value {tuple(value.shape)} "
-                f"must share the batch size, and key and value the length"
-            )
-        if mask is not None:
-            if mask.dim() not in (2, 3):
-                raise ValueError(f"mask must be (T_q, T_k) or (B, T_q, T_k), got shape {tuple(mask.shape)}")
-            if mask.dim() == 3:
-                mask = mask.unsqueeze(1)  # the head axis: (B, 1, T_q, T_k)
-        q = self._split_heads(self.q_proj(query), self.d_k)
-        k = self._split_heads(self.k_proj(key), self.d_k)
-        v = self._split_heads(self.v_proj(value), self.d_v)
+        mask = self._check(query, key, value, mask)
+        q = split_heads(self.q_proj(query), self.num_heads)  # (B, h, T_q, d_k)
+        k = split_heads(self.k_proj(key), self.num_heads)  # (B, h, T_k, d_k)
+        v = split_heads(self.v_proj(value), self.num_heads)  # (B, h, T_k, d_v)
         heads, weights = scaled_dot_product_attention(q, k, v, mask, dropout=self.dropout)
         self.attention_weights = weights.detach()
-        batch, _, length, _ = heads.shape
-        concat = heads.transpose(1, 2).reshape(batch, length, self.num_heads * self.d_v)
-        return self.out_proj(concat)
+        return self.out_proj(merge_heads(heads))

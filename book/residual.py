@@ -1,70 +1,102 @@
 # Generated from chapters/06_residual_connections.ipynb by tools/export.py: edit the notebook, not this file.
-"""Layer norm, the feed-forward sublayer, residual wrappers and the encoder layer (chapter 6)."""
+"""Residual connections, layer normalization, the feed-forward sublayer and the encoder layer (chapter 6)."""
 import torch
 from torch import nn
 
 from book.multi_head import MultiHeadAttention
 
 
+def _shape(x):
+    return tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+
+
+def _check_positive_int(name, value):
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_dropout(dropout):
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
+
+
 class LayerNorm(nn.Module):
-    """Normalize each position over its D features, then scale and shift.
+    """Normalize each position over its D features, then scale by ``weight`` and shift by ``bias``.
 
     x: (..., D) -> (..., D). Equals ``torch.nn.LayerNorm(D, eps)``.
     """
 
     def __init__(self, d_model, eps=1e-5):
         super().__init__()
-        self.eps = eps
+        _check_positive_int("d_model", d_model)
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+            raise ValueError(f"eps must be a positive number, got {eps!r}")
+        self.d_model, self.eps = d_model, float(eps)
         self.weight = nn.Parameter(torch.ones(d_model))
         self.bias = nn.Parameter(torch.zeros(d_model))
 
     def forward(self, x):
-        mean = x.mean(dim=-1, keepdim=True)
-        # The biased variance (divide by D), as torch.nn.LayerNorm uses.
-        var = x.var(dim=-1, keepdim=True, unbiased=False)
-        return (x - mean) / torch.sqrt(var + self.eps) * self.weight + self.bias
+        if not torch.is_tensor(x) or x.dim() < 1 or x.size(-1) != self.d_model:
+            raise ValueError(f"LayerNorm expects shape (..., d_model={self.d_model}), got {_shape(x)}")
+        centred = x - x.mean(dim=-1, keepdim=True)
+        variance = centred.square().mean(dim=-1, keepdim=True)  # divides by D, not D - 1
+        return centred * torch.rsqrt(variance + self.eps) * self.weight + self.bias
 
 
 class FeedForward(nn.Module):
-    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2, applied at each position alone.
+    """FFN(x) = max(0, x W_1 + b_1) W_2 + b_2, applied to every position on its own.
 
-    x: (..., D) -> (..., D), through a hidden width d_ff.
+    x: (..., D) -> (..., D) through a hidden width d_ff; linear1: D -> d_ff, linear2: d_ff -> D.
     """
 
     def __init__(self, d_model, d_ff, dropout=0.0):
         super().__init__()
+        _check_positive_int("d_model", d_model)
+        _check_positive_int("d_ff", d_ff)
+        _check_dropout(dropout)
+        self.d_model = d_model
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
+        if not torch.is_tensor(x) or x.dim() < 1 or x.size(-1) != self.d_model:
+            raise ValueError(f"FeedForward expects shape (..., d_model={self.d_model}), got {_shape(x)}")
         return self.linear2(self.dropout(torch.relu(self.linear1(x))))
 
 
 class Residual(nn.Module):
-    """A sublayer with a residual path and layer norm.
+    """A sublayer with a residual connection and layer normalization.
 
-    Post-norm (the paper): LayerNorm(x + Dropout(sublayer(x))).
-    Pre-norm:              x + Dropout(sublayer(LayerNorm(x))).
-    x: (B, T, D) -> (B, T, D).
+    Post-norm, norm_first=False (the paper): LayerNorm(x + Dropout(sublayer(x)))
+    Pre-norm,  norm_first=True:              x + Dropout(sublayer(LayerNorm(x)))
+    x: (B, T, D); sublayer: a callable (B, T, D) -> (B, T, D). Returns (B, T, D).
     """
 
     def __init__(self, d_model, dropout=0.0, norm_first=False):
         super().__init__()
+        _check_dropout(dropout)
         self.norm = LayerNorm(d_model)
         self.dropout = nn.Dropout(dropout)
-        self.norm_first = norm_first
+        self.norm_first = bool(norm_first)
 
     def forward(self, x, sublayer):
         if self.norm_first:
-            return x + self.dropout(sublayer(self.norm(x)))
-        return self.norm(x + self.dropout(sublayer(x)))
+            return x + self._correction(sublayer, self.norm(x), x)
+        return self.norm(x + self._correction(sublayer, x, x))
+
+    def _correction(self, sublayer, inputs, x):
+        out = sublayer(inputs)
+        if not torch.is_tensor(out) or out.shape != x.shape:
+            raise ValueError(f"the sublayer must keep the input's shape {_shape(x)}, but it returned {_shape(out)}")
+        return self.dropout(out)
 
 
 class EncoderLayer(nn.Module):
-    """Self-attention, then the feed-forward sublayer, each wrapped in ``Residual``.
+    """Self-attention, then the feed-forward sublayer, each wrapped in a ``Residual``.
 
-    x: (B, S, D); mask: bool, broadcastable to (B, S, S). Returns (B, S, D).
+    x: (B, S, D); mask: bool, broadcastable to (B, S, S), True = may attend, e.g. a
+    padding mask (B, 1, S). Returns (B, S, D). norm_first=False is the paper's post-norm.
     """
 
     def __init__(self, d_model, num_heads, d_ff, dropout=0.0, d_k=None, d_v=None, norm_first=False):
