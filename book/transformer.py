@@ -1,11 +1,18 @@
 # Generated from chapters/07_transformer.ipynb by tools/export.py: edit the notebook, not this file.
-"""The full encoder-decoder Transformer (chapter 7)."""
+"""The full encoder-decoder Transformer (chapter 7).
+
+``Transformer(config)`` embeds source and target tokens, runs them through the
+encoder and decoder stacks (post-norm, as in the paper) and turns the decoder's
+output into logits over the target vocabulary. ``TorchReference`` rebuilds the
+same model from ``torch.nn`` parts, for checks and benchmarks.
+"""
 import math
 from dataclasses import dataclass
 from typing import Optional
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from book.attention import causal_mask, padding_mask
 from book.multi_head import MultiHeadAttention
@@ -13,8 +20,20 @@ from book.residual import EncoderLayer, FeedForward, Residual
 from book.self_attention import sinusoidal_positional_encoding
 
 
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 @dataclass
 class TransformerConfig:
+    """The sizes of a Transformer; the defaults are the paper's base model.
+
+    d_k and d_v (per-head widths of queries/keys and values) default to
+    d_model // num_heads. share_embeddings=True ties the source embedding,
+    the target embedding and the output projection into one matrix, which
+    needs src_vocab_size == tgt_vocab_size.
+    """
+
     src_vocab_size: int
     tgt_vocab_size: int
     d_model: int = 512
@@ -29,51 +48,62 @@ class TransformerConfig:
     share_embeddings: bool = False
 
     def __post_init__(self):
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "d_ff", "max_len"):
+        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "num_layers", "d_ff", "max_len"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        if not isinstance(self.num_layers, int) or self.num_layers < 1:
-            raise ValueError(f"num_layers must be an integer >= 1, got {self.num_layers!r}")
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        for name in ("d_k", "d_v"):
+            value = getattr(self, name)
+            if value is not None and (not _is_int(value) or value < 1):
+                raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
         if (self.d_k is None or self.d_v is None) and self.d_model % self.num_heads:
             raise ValueError(
                 f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
-                f"pass d_k and d_v explicitly or choose sizes that divide"
+                f"choose sizes that divide, or pass d_k and d_v explicitly"
             )
         if self.d_model % 2:
             raise ValueError(f"d_model must be even for the sinusoidal encoding, got {self.d_model}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
         if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
             raise ValueError(
-                f"share_embeddings needs equal vocabularies, got src_vocab_size={self.src_vocab_size} "
+                f"share_embeddings=True needs equal vocabularies, got src_vocab_size={self.src_vocab_size} "
                 f"and tgt_vocab_size={self.tgt_vocab_size}"
             )
-        if not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
+        if not _is_int(self.pad_id) or not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
             raise ValueError(
-                f"pad_id={self.pad_id} must be a token id of both vocabularies "
-                f"(sizes {self.src_vocab_size} and {self.tgt_vocab_size})"
+                f"pad_id={self.pad_id!r} must be a token id of both vocabularies, i.e. in "
+                f"[0, {min(self.src_vocab_size, self.tgt_vocab_size)})"
             )
 
 
 class Embedding(nn.Module):
-    """Token ids (B, T) -> vectors (B, T, D), scaled by sqrt(D) as in the paper."""
+    """Token ids (B, T) -> vectors (B, T, D): rows of a (V, D) table, times sqrt(D)."""
 
     def __init__(self, vocab_size, d_model):
         super().__init__()
         self.vocab_size, self.d_model = vocab_size, d_model
+        self.scale = math.sqrt(d_model)
         self.weight = nn.Parameter(torch.empty(vocab_size, d_model))
         nn.init.normal_(self.weight)
 
     def forward(self, tokens):
-        return self.weight[tokens] * math.sqrt(self.d_model)
+        # F.embedding is the row lookup weight[tokens]; its backward adds the
+        # gradients of repeated tokens into one row without a dense scatter.
+        return F.embedding(tokens, self.weight) * self.scale
 
 
 class PositionalEncoding(nn.Module):
-    """Adds the sinusoidal encoding (a buffer, not a parameter), then dropout. (B, T, D) -> (B, T, D)."""
+    """x (B, T, D) -> dropout(x + PE[:T]), with the sinusoidal table PE (max_len, D).
+
+    The table is a buffer, not a parameter: it moves with the model (``.to``)
+    but is never trained and not stored in the state dict.
+    """
 
     def __init__(self, d_model, max_len, dropout=0.0):
         super().__init__()
+        # Built on the current default device: under ``torch.device("meta")`` it
+        # holds only a shape, so counting parameters of a big model allocates nothing.
         self.register_buffer("pe", sinusoidal_positional_encoding(max_len, d_model), persistent=False)
         self.dropout = nn.Dropout(dropout)
 
@@ -84,21 +114,23 @@ class PositionalEncoding(nn.Module):
 class DecoderLayer(nn.Module):
     """Masked self-attention, cross-attention to the encoder output, feed-forward.
 
-    x: (B, T, D); memory: (B, S, D); tgt_mask broadcastable to (B, T, T),
-    memory_mask to (B, T, S). Returns (B, T, D).
+    Each sublayer sits in a ``Residual`` (post-norm by default, as in the paper).
+    x: (B, T, D); memory: (B, S, D); tgt_mask: bool, broadcastable to (B, T, T);
+    memory_mask: bool, broadcastable to (B, T, S). Returns (B, T, D).
     """
 
-    def __init__(self, d_model, num_heads, d_ff, dropout=0.0, d_k=None, d_v=None):
+    def __init__(self, d_model, num_heads, d_ff, dropout=0.0, d_k=None, d_v=None, norm_first=False):
         super().__init__()
         self.self_attn = MultiHeadAttention(d_model, num_heads, d_k, d_v, dropout)
         self.cross_attn = MultiHeadAttention(d_model, num_heads, d_k, d_v, dropout)
         self.feed_forward = FeedForward(d_model, d_ff, dropout)
-        self.self_residual = Residual(d_model, dropout)
-        self.cross_residual = Residual(d_model, dropout)
-        self.ff_residual = Residual(d_model, dropout)
+        self.self_residual = Residual(d_model, dropout, norm_first)
+        self.cross_residual = Residual(d_model, dropout, norm_first)
+        self.ff_residual = Residual(d_model, dropout, norm_first)
 
     def forward(self, x, memory, tgt_mask=None, memory_mask=None):
         x = self.self_residual(x, lambda h: self.self_attn(h, h, h, tgt_mask))
+        # Queries come from the decoder, keys and values from the encoder.
         x = self.cross_residual(x, lambda h: self.cross_attn(h, memory, memory, memory_mask))
         return self.ff_residual(x, self.feed_forward)
 
@@ -106,11 +138,15 @@ class DecoderLayer(nn.Module):
 class Transformer(nn.Module):
     """The encoder-decoder of "Attention Is All You Need", post-norm.
 
-    forward(src (B, S), tgt (B, T)) -> logits (B, T, tgt_vocab_size).
+    forward(src (B, S), tgt (B, T)) -> logits (B, T, tgt_vocab_size), with the
+    padding and causal masks built from ``config.pad_id``. For generation, call
+    ``encode`` once and ``decode`` once per new token.
     """
 
     def __init__(self, config):
         super().__init__()
+        if not isinstance(config, TransformerConfig):
+            raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
         c = self.config = config
         self.src_embed = Embedding(c.src_vocab_size, c.d_model)
         self.tgt_embed = self.src_embed if c.share_embeddings else Embedding(c.tgt_vocab_size, c.d_model)
@@ -123,45 +159,35 @@ class Transformer(nn.Module):
         )
         self.generator = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
         if c.share_embeddings:
-            self.generator.weight = self.src_embed.weight
+            self.generator.weight = self.src_embed.weight  # one (V, D) matrix in three roles
         self.reset_parameters()
 
     def reset_parameters(self):
-        """Xavier-uniform for every weight matrix, as the paper's reference code does."""
+        """Xavier-uniform for every weight matrix; vectors (biases, norm gains) keep their initial values."""
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
     def _check_tokens(self, tokens, vocab_size, name):
         if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
-            shape = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-            raise ValueError(f"{name} must be a 2-D (batch, length) tensor of token ids, got {shape}")
+            got = f"shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"{name} must be a 2-D (batch, length) tensor of token ids, got {got}")
         if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
             raise TypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
-        if tokens.size(1) < 1 or tokens.size(1) > self.config.max_len:
-            raise ValueError(f"{name} length {tokens.size(1)} is outside [1, max_len={self.config.max_len}]")
-        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= vocab_size):
-            raise ValueError(
-                f"{name} token ids must be in [0, {vocab_size}), got min {tokens.min().item()} "
-                f"and max {tokens.max().item()}"
-            )
+        if not 1 <= tokens.size(1) <= self.config.max_len:
+            raise ValueError(f"{name} has length {tokens.size(1)}; expected 1 to max_len={self.config.max_len}")
+        if tokens.numel():
+            low, high = tokens.min().item(), tokens.max().item()
+            if low < 0 or high >= vocab_size:
+                raise ValueError(f"{name} token ids must be in [0, {vocab_size}), got min {low} and max {high}")
 
-    def encode(self, src, src_mask=None):
-        """src: (B, S) -> memory (B, S, D). src_mask defaults to the padding mask (B, 1, S)."""
-        self._check_tokens(src, self.config.src_vocab_size, "src")
-        if src_mask is None:
-            src_mask = padding_mask(src, self.config.pad_id)
+    def _encode(self, src, src_mask):
         x = self.positions(self.src_embed(src))
         for layer in self.encoder_layers:
             x = layer(x, src_mask)
         return x
 
-    def decode(self, tgt, memory, src_mask=None, tgt_mask=None):
-        """tgt: (B, T), memory: (B, S, D) -> logits (B, T, tgt_vocab_size).
-
-        tgt_mask defaults to padding & causal (B, T, T); src_mask (B, 1, S) hides source padding.
-        """
-        self._check_tokens(tgt, self.config.tgt_vocab_size, "tgt")
+    def _decode(self, tgt, memory, src_mask, tgt_mask):
         if tgt_mask is None:
             tgt_mask = padding_mask(tgt, self.config.pad_id) & causal_mask(tgt.size(1), tgt.device)
         x = self.positions(self.tgt_embed(tgt))
@@ -169,9 +195,137 @@ class Transformer(nn.Module):
             x = layer(x, memory, tgt_mask, src_mask)
         return self.generator(x)
 
+    def encode(self, src, src_mask=None):
+        """src: (B, S) token ids -> memory (B, S, D).
+
+        src_mask defaults to the padding mask (B, 1, S): no position attends to padding.
+        """
+        self._check_tokens(src, self.config.src_vocab_size, "src")
+        if src_mask is None:
+            src_mask = padding_mask(src, self.config.pad_id)
+        return self._encode(src, src_mask)
+
+    def decode(self, tgt, memory, src_mask=None, tgt_mask=None):
+        """tgt: (B, T) token ids, memory: (B, S, D) -> logits (B, T, tgt_vocab_size).
+
+        tgt_mask defaults to padding & causal (B, T, T). Pass the src_mask used
+        for ``encode`` (B, 1, S) so that the decoder, too, ignores source padding.
+        """
+        self._check_tokens(tgt, self.config.tgt_vocab_size, "tgt")
+        expected = (tgt.size(0), self.config.d_model)
+        if not isinstance(memory, torch.Tensor) or memory.dim() != 3 or (memory.size(0), memory.size(2)) != expected:
+            got = tuple(memory.shape) if isinstance(memory, torch.Tensor) else type(memory).__name__
+            raise ValueError(
+                f"memory must be (batch={expected[0]}, source length, d_model={expected[1]}), got {got}"
+            )
+        return self._decode(tgt, memory, src_mask, tgt_mask)
+
     def forward(self, src, tgt):
         """src: (B, S), tgt: (B, T) token ids -> logits (B, T, tgt_vocab_size)."""
         self._check_tokens(src, self.config.src_vocab_size, "src")
+        self._check_tokens(tgt, self.config.tgt_vocab_size, "tgt")
+        if src.size(0) != tgt.size(0):
+            raise ValueError(f"src and tgt must have the same batch size, got {src.size(0)} and {tgt.size(0)}")
         src_mask = padding_mask(src, self.config.pad_id)
-        memory = self.encode(src, src_mask)
-        return self.decode(tgt, memory, src_mask)
+        return self._decode(tgt, self._encode(src, src_mask), src_mask, None)
+
+
+class TorchReference(nn.Module):
+    """The same model assembled from torch.nn parts: nn.Embedding, nn.Transformer, nn.Linear.
+
+    Post-norm, ReLU, batch-first, and without the LayerNorm that nn.Transformer
+    puts after each stack by default (the paper's post-norm model has none).
+    ``copy_from(model)`` loads the weights of one of our ``Transformer`` models.
+    Tokens: src (B, S), tgt (B, T); masks are built from ``config.pad_id``.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        c = self.config = config
+        head = c.d_model // c.num_heads
+        if c.d_model % c.num_heads or c.d_k not in (None, head) or c.d_v not in (None, head):
+            raise ValueError(
+                f"nn.Transformer needs d_k = d_v = d_model / num_heads; got d_model={c.d_model}, "
+                f"num_heads={c.num_heads}, d_k={c.d_k}, d_v={c.d_v}"
+            )
+        self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model)
+        self.tgt_embed = self.src_embed if c.share_embeddings else nn.Embedding(c.tgt_vocab_size, c.d_model)
+        self.register_buffer("pe", sinusoidal_positional_encoding(c.max_len, c.d_model), persistent=False)
+        self.dropout = nn.Dropout(c.dropout)
+        sizes = dict(d_model=c.d_model, nhead=c.num_heads, dim_feedforward=c.d_ff, dropout=c.dropout,
+                     activation="relu", batch_first=True, norm_first=False)
+        # norm=None drops the final LayerNorm; enable_nested_tensor=False keeps the
+        # outputs at padded positions (the nested-tensor fast path would zero them).
+        encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**sizes), c.num_layers, norm=None,
+                                        enable_nested_tensor=False)
+        decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**sizes), c.num_layers, norm=None)
+        self.transformer = nn.Transformer(custom_encoder=encoder, custom_decoder=decoder, **sizes)
+        self.generator = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
+        if c.share_embeddings:
+            self.generator.weight = self.src_embed.weight
+
+    def _embed(self, embedding, tokens):
+        return self.dropout(embedding(tokens) * math.sqrt(self.config.d_model) + self.pe[: tokens.size(1)])
+
+    @staticmethod
+    def _future(length, device):
+        # torch's masks say True = "may NOT attend", the opposite of ours.
+        return torch.ones(length, length, dtype=torch.bool, device=device).triu(1)
+
+    def encode(self, src):
+        """src: (B, S) -> memory (B, S, D), through nn.TransformerEncoder."""
+        x = self._embed(self.src_embed, src)
+        return self.transformer.encoder(x, src_key_padding_mask=src == self.config.pad_id)
+
+    def decode(self, tgt, memory, src):
+        """tgt: (B, T), memory: (B, S, D), src: (B, S) for its padding -> logits (B, T, V)."""
+        pad, length = self.config.pad_id, tgt.size(1)
+        hidden = self.transformer.decoder(
+            self._embed(self.tgt_embed, tgt), memory,
+            tgt_mask=self._future(length, tgt.device), tgt_is_causal=True,
+            tgt_key_padding_mask=tgt == pad, memory_key_padding_mask=src == pad,
+        )
+        return self.generator(hidden)
+
+    def forward(self, src, tgt):
+        """src: (B, S), tgt: (B, T) -> logits (B, T, V), through nn.Transformer.forward."""
+        pad, length = self.config.pad_id, tgt.size(1)
+        hidden = self.transformer(
+            self._embed(self.src_embed, src), self._embed(self.tgt_embed, tgt),
+            tgt_mask=self._future(length, tgt.device), tgt_is_causal=True,
+            src_key_padding_mask=src == pad, tgt_key_padding_mask=tgt == pad, memory_key_padding_mask=src == pad,
+        )
+        return self.generator(hidden)
+
+    @torch.no_grad()
+    def copy_from(self, model):
+        """Load the weights of our ``Transformer`` with the same config; returns self."""
+        if model.config != self.config:
+            raise ValueError(f"configs differ: {model.config} vs {self.config}")
+        self.src_embed.weight.copy_(model.src_embed.weight)
+        self.tgt_embed.weight.copy_(model.tgt_embed.weight)
+        self.generator.weight.copy_(model.generator.weight)
+        for ours, theirs in zip(model.encoder_layers, self.transformer.encoder.layers):
+            _copy_attention(ours.self_attn, theirs.self_attn)
+            _copy_sublayers(ours, theirs, [ours.attn_residual, ours.ff_residual])
+        for ours, theirs in zip(model.decoder_layers, self.transformer.decoder.layers):
+            _copy_attention(ours.self_attn, theirs.self_attn)
+            _copy_attention(ours.cross_attn, theirs.multihead_attn)
+            _copy_sublayers(ours, theirs, [ours.self_residual, ours.cross_residual, ours.ff_residual])
+        return self
+
+
+def _copy_attention(ours, theirs):
+    # nn.MultiheadAttention stacks the three input projections into one matrix.
+    theirs.in_proj_weight.copy_(torch.cat([ours.q_proj.weight, ours.k_proj.weight, ours.v_proj.weight]))
+    theirs.in_proj_bias.copy_(torch.cat([ours.q_proj.bias, ours.k_proj.bias, ours.v_proj.bias]))
+    theirs.out_proj.weight.copy_(ours.out_proj.weight)
+    theirs.out_proj.bias.copy_(ours.out_proj.bias)
+
+
+def _copy_sublayers(ours, theirs, residuals):
+    for name in ("weight", "bias"):
+        getattr(theirs.linear1, name).copy_(getattr(ours.feed_forward.linear1, name))
+        getattr(theirs.linear2, name).copy_(getattr(ours.feed_forward.linear2, name))
+        for i, residual in enumerate(residuals, start=1):
+            getattr(getattr(theirs, f"norm{i}"), name).copy_(getattr(residual.norm, name))

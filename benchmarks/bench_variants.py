@@ -1,0 +1,165 @@
+"""What if? How much of the speed gap to torch.nn.Transformer does each hand-written piece cost?
+
+This is an analysis, not the book's code: it temporarily swaps one component
+of our model for a faster one, inside this process only, and times a training
+step with each variant against torch's model, interleaved as in
+bench_transformer.py. The variants:
+
+    layer_norm   chapter 6's LayerNorm.forward -> F.layer_norm (one fused kernel)
+    softmax      chapter 2's softmax -> torch.softmax, fully masked rows set to 0
+    softmax_grad chapter 2's softmax with a hand-written backward, y * (g - sum(g * y))
+    scale_query  chapter 2's attention scales the (.., T, d_k) queries instead of the
+                 (.., T, T) scores, and skips its input checks
+
+The weights, batch and optimizer are the same for every variant; only the
+implementation of these operations changes, and with it the speed.
+
+    python benchmarks/bench_variants.py --threads 1
+"""
+import argparse
+import contextlib
+import math
+import statistics
+import time
+
+import torch
+from torch.nn import functional as F
+
+import bench_transformer as bench
+import book.attention
+import book.multi_head
+import book.residual
+from book.transformer import TorchReference, Transformer, TransformerConfig
+
+ORIGINAL = {
+    "softmax": book.attention.softmax,
+    "layer_norm": book.residual.LayerNorm.forward,
+    "attention": book.multi_head.scaled_dot_product_attention,
+}
+
+
+def fused_layer_norm(self, x):
+    return F.layer_norm(x, (x.size(-1),), self.weight, self.bias, self.eps)
+
+
+def fused_softmax(x, dim=-1):
+    return torch.softmax(x, dim).nan_to_num(0.0)  # an all -inf row gives NaN; ours gives 0
+
+
+class _SoftmaxWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, dim):
+        y = ORIGINAL["softmax"](x.detach(), dim)
+        ctx.save_for_backward(y)
+        ctx.dim = dim
+        return y
+
+    @staticmethod
+    def backward(ctx, grad):
+        (y,) = ctx.saved_tensors
+        return y * (grad - (grad * y).sum(ctx.dim, keepdim=True)), None
+
+
+def softmax_with_grad(x, dim=-1):
+    return _SoftmaxWithGrad.apply(x, dim)
+
+
+def attention_scaling_queries(query, key, value, mask=None, dropout=None):
+    scores = (query * (1.0 / math.sqrt(query.size(-1)))) @ key.transpose(-2, -1)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = book.attention.softmax(scores, dim=-1)
+    mixing = weights if dropout is None else dropout(weights)
+    return mixing @ value, weights
+
+
+VARIANTS = {
+    "as written": {},
+    "layer_norm": {"layer_norm": fused_layer_norm},
+    "softmax": {"softmax": fused_softmax},
+    "softmax_grad": {"softmax": softmax_with_grad},
+    "scale_query": {"attention": attention_scaling_queries},
+    "layer_norm+softmax_grad+scale_query": {
+        "layer_norm": fused_layer_norm, "softmax": softmax_with_grad, "attention": attention_scaling_queries,
+    },
+}
+
+
+@contextlib.contextmanager
+def swapped(changes):
+    book.attention.softmax = changes.get("softmax", ORIGINAL["softmax"])
+    book.residual.LayerNorm.forward = changes.get("layer_norm", ORIGINAL["layer_norm"])
+    book.multi_head.scaled_dot_product_attention = changes.get("attention", ORIGINAL["attention"])
+    try:
+        yield
+    finally:
+        book.attention.softmax = ORIGINAL["softmax"]
+        book.residual.LayerNorm.forward = ORIGINAL["layer_norm"]
+        book.multi_head.scaled_dot_product_attention = ORIGINAL["attention"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--d-model", type=int, default=128)
+    parser.add_argument("--heads", type=int, default=8)
+    parser.add_argument("--layers", type=int, default=3)
+    parser.add_argument("--d-ff", type=int, default=512)
+    parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--vocab", type=int, default=60)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--src-len", type=int, default=30)
+    parser.add_argument("--tgt-len", type=int, default=12)
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    config = TransformerConfig(args.vocab, args.vocab, d_model=args.d_model, num_heads=args.heads,
+                               num_layers=args.layers, d_ff=args.d_ff, dropout=args.dropout,
+                               max_len=max(args.src_len, args.tgt_len))
+    ours = Transformer(config).train()
+    reference = TorchReference(config).copy_from(ours).train()
+    batch = bench.make_batch(args, torch.Generator().manual_seed(args.seed))
+    ours_step = bench.make_step(ours, batch, args.vocab)
+    torch_step = bench.make_step(reference, batch, args.vocab)
+
+    # Every variant must compute the same function: compare dropout-free logits first.
+    ours.eval()
+    with torch.no_grad():
+        expected = ours(batch[0], batch[1])
+        for name, changes in VARIANTS.items():
+            with swapped(changes):
+                difference = (ours(batch[0], batch[1]) - expected).abs().max().item()
+            assert difference < 1e-4, f"variant {name} changes the output by {difference}"
+    ours.train()
+
+    runs = {name: (lambda changes=changes: _run_swapped(changes, ours_step)) for name, changes in VARIANTS.items()}
+    runs["torch.nn.Transformer"] = torch_step
+    for run in runs.values():
+        run()
+        run()
+    times = {name: [] for name in runs}
+    for round_ in range(args.rounds):
+        names = list(runs) if round_ % 2 == 0 else list(runs)[::-1]
+        for name in names:
+            times[name].append(bench.seconds_per_call(runs[name], args.steps))
+
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.rounds} rounds x {args.steps} steps")
+    for name, values in times.items():
+        ratios = [a / b for a, b in zip(values, times["torch.nn.Transformer"])]
+        low, _, high = statistics.quantiles(ratios, n=4)
+        print(f"{name:38s} {statistics.median(values) * 1e3:7.1f} ms   ratio to torch "
+              f"{statistics.median(ratios):.3f} (quartiles {low:.3f}..{high:.3f})")
+
+
+def _run_swapped(changes, step):
+    with swapped(changes):
+        step()
+
+
+if __name__ == "__main__":
+    main()
