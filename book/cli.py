@@ -1,0 +1,316 @@
+"""The command line: train the date reader of chapter 8, then use it.
+
+Usage::
+
+    python -m book train --out date-model.pt [--seed S] [--steps N]
+    python -m book translate date-model.pt "25 November 2026"     # prints 2026-11-25
+    python -m book translate date-model.pt < dates.txt             # one answer per line
+
+``train`` uses the chapter's defaults (``book.train.TrainConfig``), shows a progress bar on
+stderr and saves a checkpoint every ``--save-every`` steps and at the end. Ctrl-C stops after
+the current step and saves; running the same command again resumes from the checkpoint and
+ends with the same weights as a run that was never interrupted.
+
+Exit status: 0 success; 1 some input could not be read (each such line gets an empty output
+line and a message on stderr); 2 bad arguments or an unreadable checkpoint; 130 interrupted.
+"""
+import argparse
+import dataclasses
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from book.data import CharTokenizer, batch_for_step, date_tokenizer, examples_for, split_dates
+from book.train import TrainConfig, build_model, exact_match, make_optimizer, new_history, train, translate
+from book.transformer import Transformer, TransformerConfig
+
+CHECKPOINT_KIND = "transformer-from-scratch/date-reader"
+CHECKPOINT_VERSION = 1
+MAX_LINE_CHARS = 100  # the longest date the formats produce has 29 characters
+TRANSLATE_CHUNK = 256  # lines translated together when reading stdin
+
+# Options that size the model or the run: (argparse dest, TrainConfig field).
+SIZE_OPTIONS = (("d_model", "d_model"), ("heads", "num_heads"), ("layers", "num_layers"),
+                ("d_ff", "d_ff"), ("batch_size", "batch_size"), ("warmup", "warmup"))
+
+
+class CheckpointError(Exception):
+    """A checkpoint that is missing, damaged or not ours; the message is one line."""
+
+
+def _one_line(exc):
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def save_checkpoint(path, model, optimizer, tokenizer, settings, step, history):
+    """Write everything a resumed run needs, atomically: a temporary file, then os.replace.
+
+    Only tensors, dicts, lists, strings and numbers are stored, so the file loads with
+    torch.load(..., weights_only=True).
+    """
+    state = {
+        "kind": CHECKPOINT_KIND,
+        "version": CHECKPOINT_VERSION,
+        "settings": dataclasses.asdict(settings),
+        "model_config": dataclasses.asdict(model.config),
+        "alphabet": tokenizer.alphabet,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "rng_state": torch.get_rng_state(),
+        "history": history,
+    }
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load_checkpoint(path):
+    """Read and check a checkpoint written by save_checkpoint; raises CheckpointError."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file")
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a directory, not a checkpoint")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({_one_line(exc)})") from None
+    except Exception as exc:  # truncated zip, foreign pickle, plain text, ...
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint, truncated or foreign ({type(exc).__name__})"
+        ) from None
+    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+        raise CheckpointError(f"{path}: a PyTorch file, but not a checkpoint written by 'python -m book train'")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint version {state.get('version')!r}, this program reads version {CHECKPOINT_VERSION}"
+        )
+    expected = {"settings": dict, "model_config": dict, "alphabet": str, "model": dict,
+                "optimizer": dict, "step": int, "rng_state": torch.Tensor, "history": dict}
+    for key, kind in expected.items():
+        if not isinstance(state.get(key), kind):
+            raise CheckpointError(f"{path}: damaged checkpoint, entry {key!r} is missing or not a {kind.__name__}")
+    return state
+
+
+def model_from_checkpoint(state, path="checkpoint"):
+    """(model, tokenizer, settings) rebuilt from a loaded checkpoint; raises CheckpointError."""
+    try:
+        tokenizer = CharTokenizer(state["alphabet"])
+        settings = TrainConfig(**state["settings"])
+        model = Transformer(TransformerConfig(**state["model_config"]))
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint ({_one_line(exc)})") from None
+    if model.config.src_vocab_size != len(tokenizer) or model.config.tgt_vocab_size != len(tokenizer):
+        raise CheckpointError(f"{path}: damaged checkpoint, the vocabulary does not match the model")
+    return model, tokenizer, settings
+
+
+def _say(message):
+    print(message, file=sys.stderr, flush=True)
+
+
+def _requested_settings(args):
+    """The TrainConfig fields given on the command line (options left out are not listed)."""
+    given = {field: getattr(args, dest) for dest, field in SIZE_OPTIONS if getattr(args, dest) is not None}
+    if args.seed is not None:
+        given["seed"] = args.seed
+    return given
+
+
+def cmd_train(args):
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        _say(f"error: the directory of {out} does not exist")
+        return 2
+    requested = _requested_settings(args)
+    if out.exists():
+        state = load_checkpoint(out)  # a foreign file is never overwritten: CheckpointError
+        model, tokenizer, settings = model_from_checkpoint(state, out)
+        clashes = [f"{name}={value} (checkpoint has {getattr(settings, name)})"
+                   for name, value in requested.items() if getattr(settings, name) != value]
+        if clashes:
+            _say(f"error: {out} was trained with other settings: {', '.join(clashes)}; "
+                 f"use another --out to start a new run")
+            return 2
+        if args.steps is not None:
+            try:
+                settings = dataclasses.replace(settings, steps=args.steps)
+            except ValueError as exc:
+                _say(f"error: {_one_line(exc)}")
+                return 2
+        optimizer = make_optimizer(model)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{out}: damaged optimizer state ({_one_line(exc)})") from None
+        torch.set_rng_state(state["rng_state"])
+        start, history = state["step"], state["history"]
+        if start >= settings.steps:
+            _say(f"{out} is already trained to step {start} (asked for {settings.steps}); nothing to do")
+            return 0
+        _say(f"resuming {out} from step {start} of {settings.steps}")
+    else:
+        try:
+            settings = TrainConfig(**requested, **({"steps": args.steps} if args.steps is not None else {}))
+            tokenizer = date_tokenizer()
+            model = build_model(settings, tokenizer)
+        except ValueError as exc:
+            _say(f"error: {_one_line(exc)}")
+            return 2
+        optimizer = make_optimizer(model)
+        start, history = 0, new_history()
+        _say(f"training a new model, {settings.steps} steps, seed {settings.seed}; saving to {out}")
+
+    split = split_dates()
+    valid = examples_for(split.valid)
+    interrupted = False
+
+    def on_interrupt(signum, frame):
+        nonlocal interrupted
+        if interrupted:  # a second Ctrl-C: stop at once, keep the last saved checkpoint
+            raise KeyboardInterrupt
+        interrupted = True
+        tqdm.write("interrupted: finishing this step, then saving (Ctrl-C again to quit without saving)",
+                   file=sys.stderr)
+
+    def after_step(step, history):
+        if interrupted:
+            return True
+        if step % args.save_every == 0 and step < settings.steps:
+            save_checkpoint(out, model, optimizer, tokenizer, settings, step, history)
+        return False
+
+    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        history = train(
+            model, optimizer,
+            lambda step: batch_for_step(split.train, tokenizer, settings.batch_size, settings.seed, step),
+            settings, start_step=start, history=history,
+            validate=lambda m: exact_match(m, tokenizer, valid)[0], after_step=after_step,
+            progress=not args.quiet,
+        )
+        step = history["step"][-1] if history["step"] else start
+        save_checkpoint(out, model, optimizer, tokenizer, settings, step, history)  # still under our handler: Ctrl-C cannot cut it short
+    except KeyboardInterrupt:
+        _say(f"stopped without saving; {out} holds the last periodic save, if any")
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    if interrupted and step < settings.steps:
+        _say(f"saved step {step} of {settings.steps} to {out}; run the same command again to resume")
+        return 130
+    accuracy, _ = exact_match(model, tokenizer, examples_for(split.test))
+    print(f"trained {step} steps; exact match on {len(split.test)} test dates: {100 * accuracy:.2f}%; saved to {out}")
+    return 0
+
+
+def _read_lines(args):
+    """(label, text) for every input: the command-line texts, else the lines of stdin."""
+    if args.text:
+        for i, text in enumerate(args.text, start=1):
+            yield f"argument {i}", text
+    else:
+        for i, line in enumerate(sys.stdin, start=1):
+            yield f"line {i}", line.rstrip("\r\n")
+
+
+def _problem(text, tokenizer):
+    """Why ``text`` cannot be read, or None when it can."""
+    if not text.strip():
+        return "empty line"
+    if len(text.strip()) > MAX_LINE_CHARS:
+        return f"{len(text.strip())} characters, longer than any date this model reads (at most {MAX_LINE_CHARS})"
+    try:
+        tokenizer.encode(text.strip())
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def cmd_translate(args):
+    state = load_checkpoint(args.checkpoint)
+    model, tokenizer, _ = model_from_checkpoint(state, args.checkpoint)
+    model.eval()
+    failed = False
+    chunk = []
+
+    def flush():
+        texts = [text.strip() for _, text, problem in chunk if problem is None]
+        answers = iter(translate(model, tokenizer, texts)) if texts else iter(())
+        for label, text, problem in chunk:
+            if problem is None:
+                print(next(answers))
+            else:
+                print()
+        sys.stdout.flush()
+        chunk.clear()
+
+    for label, text in _read_lines(args):
+        problem = _problem(text, tokenizer)
+        if problem is not None:
+            failed = True
+            _say(f"{label}: {problem}")
+        chunk.append((label, text, problem))
+        if len(chunk) == TRANSLATE_CHUNK or (not args.text and sys.stdin.isatty()):
+            flush()
+    flush()
+    return 1 if failed else 0
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m book", description="Train the Transformer of chapter 8 to read dates, and use it."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    t = commands.add_parser("train", help="train a model (or resume one) and save a checkpoint")
+    t.add_argument("--out", required=True, help="checkpoint file; if it exists, training resumes from it")
+    t.add_argument("--seed", type=int, help="seed for the initial weights and the batches (default 0)")
+    t.add_argument("--steps", type=int, help=f"total number of steps (default {TrainConfig.steps})")
+    t.add_argument("--save-every", type=int, default=200, help="save a checkpoint every N steps (default 200)")
+    t.add_argument("--quiet", action="store_true", help="no progress bar")
+    size = t.add_argument_group("model and batch size (defaults: the chapter's settings)")
+    for dest, field in SIZE_OPTIONS:
+        size.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=int,
+                          help=f"default {getattr(TrainConfig, field)}")
+
+    r = commands.add_parser("translate", help="read dates, write them as YYYY-MM-DD")
+    r.add_argument("checkpoint", help="a file written by 'python -m book train'")
+    r.add_argument("text", nargs="*", help="dates to read; without any, one date per line from stdin")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.command == "train" and args.save_every < 1:
+        _say(f"error: --save-every must be >= 1, got {args.save_every}")
+        return 2
+    try:
+        return cmd_train(args) if args.command == "train" else cmd_translate(args)
+    except CheckpointError as exc:
+        _say(f"error: {exc}")
+        return 2
+    except BrokenPipeError:  # the reader of our output went away (e.g. `| head`)
+        sys.stderr.close()
+        return 1
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130

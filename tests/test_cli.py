@@ -1,0 +1,191 @@
+"""The command line (book/cli.py): checkpoints, resuming, Ctrl-C and error handling."""
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from book import cli
+from book.data import date_tokenizer
+from book.train import TrainConfig, build_model, make_optimizer, new_history, translate
+
+TINY_ARGS = ["--d-model", "16", "--heads", "2", "--layers", "1", "--d-ff", "32", "--batch-size", "16", "--warmup", "10"]
+TINY = TrainConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32, batch_size=16, warmup=10, steps=10)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from a second thread, and on a busy machine the thread pool's
+    waiting makes them many times slower; restore the setting for the tests after these."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# Subprocesses use one thread too (see one_thread above).
+ENV = dict(os.environ, OMP_NUM_THREADS="1")
+
+
+def run(*args, stdin=None, timeout=120):
+    """python -m book ARGS, as a user would run it."""
+    return subprocess.run([sys.executable, "-m", "book", *map(str, args)], input=stdin, capture_output=True,
+                          text=True, timeout=timeout, env=ENV)
+
+
+def assert_one_line_error(result, *words):
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for word in words:
+        assert word in lines[0]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    """A checkpoint of a tiny, untrained model."""
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.pt"
+    tokenizer = date_tokenizer()
+    model = build_model(TINY, tokenizer)
+    cli.save_checkpoint(path, model, make_optimizer(model), tokenizer, TINY, 0, new_history())
+    return path
+
+
+def weights(path):
+    return torch.load(path, weights_only=True)["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_checkpoint_round_trip(checkpoint):
+    state = torch.load(checkpoint, weights_only=True)  # only plain data inside
+    assert state["kind"] == cli.CHECKPOINT_KIND and state["step"] == 0
+    model, tokenizer, settings = cli.model_from_checkpoint(cli.load_checkpoint(checkpoint))
+    assert settings == TINY and tokenizer.alphabet == date_tokenizer().alphabet
+    original = build_model(TINY, tokenizer)
+    assert_same_weights(original.state_dict(), model.state_dict())
+    texts = ["25 November 2026", "11/25/2026"]
+    assert translate(model, tokenizer, texts) == translate(original, tokenizer, texts)
+
+
+def test_save_is_atomic(tmp_path, checkpoint, monkeypatch):
+    path = tmp_path / "model.pt"
+    path.write_bytes(checkpoint.read_bytes())
+    tokenizer = date_tokenizer()
+    model = build_model(TINY, tokenizer)
+
+    def broken_save(obj, f):
+        f.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(cli.torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        cli.save_checkpoint(path, model, make_optimizer(model), tokenizer, TINY, 5, new_history())
+    assert path.read_bytes() == checkpoint.read_bytes(), "a failed save must leave the old checkpoint intact"
+    assert os.listdir(tmp_path) == ["model.pt"], "no temporary file may be left behind"
+
+
+def test_training_more_steps_resumes_and_matches_one_long_run(tmp_path, capsys):
+    resumed, straight = str(tmp_path / "resumed.pt"), str(tmp_path / "straight.pt")
+    assert cli.main(["train", "--out", resumed, "--steps", "12", "--quiet", *TINY_ARGS]) == 0
+    assert torch.load(resumed, weights_only=True)["step"] == 12
+    assert cli.main(["train", "--out", resumed, "--steps", "24", "--quiet", *TINY_ARGS]) == 0
+    assert "resuming" in capsys.readouterr().err
+    assert cli.main(["train", "--out", straight, "--steps", "24", "--quiet", *TINY_ARGS]) == 0
+    a, b = torch.load(resumed, weights_only=True), torch.load(straight, weights_only=True)
+    assert a["step"] == b["step"] == 24
+    assert_same_weights(a["model"], b["model"])
+    assert a["history"]["loss"] == b["history"]["loss"]  # (validation also ran at the first run's last step)
+    # Asking again for the same number of steps does nothing.
+    assert cli.main(["train", "--out", resumed, "--steps", "24", "--quiet"]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+
+
+def test_ctrl_c_saves_and_the_same_command_resumes_exactly(tmp_path):
+    interrupted, straight = tmp_path / "interrupted.pt", tmp_path / "straight.pt"
+    command = ["train", "--steps", "300", "--save-every", "5", "--quiet", *TINY_ARGS]
+    process = subprocess.Popen([sys.executable, "-m", "book", *command, "--out", str(interrupted)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    deadline = time.monotonic() + 60
+    while not interrupted.exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)  # the first periodic save shows that training has started
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130, stderr
+    assert "run the same command again" in stderr and "Traceback" not in stderr
+    stopped_at = torch.load(interrupted, weights_only=True)["step"]
+    assert 5 <= stopped_at < 300
+
+    again = run(*command, "--out", interrupted)
+    assert again.returncode == 0, again.stderr
+    assert f"resuming {interrupted} from step {stopped_at} of 300" in again.stderr
+    assert run(*command, "--out", straight).returncode == 0
+    assert_same_weights(weights(interrupted), weights(straight))
+
+
+def test_train_refuses_a_foreign_file_and_clashing_settings(tmp_path, checkpoint, capsys):
+    foreign = tmp_path / "notes.pt"
+    foreign.write_text("my notes, not a model\n")
+    assert cli.main(["train", "--out", str(foreign)]) == 2
+    assert foreign.read_text() == "my notes, not a model\n"
+    assert cli.main(["train", "--out", str(checkpoint), "--seed", "7", *TINY_ARGS]) == 2
+    assert "seed=7" in capsys.readouterr().err
+    assert cli.main(["train", "--out", str(tmp_path / "missing-dir" / "m.pt")]) == 2
+
+
+def test_translate_an_argument(checkpoint):
+    result = run("translate", checkpoint, "25 November 2026")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("\n") == 1
+
+
+def test_translate_stdin_keeps_one_line_per_input_and_reports_bad_lines(checkpoint):
+    lines = ["25 November 2026", "", "25 Dez 2026", "11/25/2026", "9" * 150, "Mar 5, 1995"]
+    result = run("translate", checkpoint, stdin="\n".join(lines) + "\n")
+    assert result.returncode == 1
+    out = result.stdout.split("\n")
+    assert len(out) == len(lines) + 1 and out[-1] == ""
+    assert out[1] == out[2] == out[4] == ""
+    assert "Traceback" not in result.stderr
+    messages = result.stderr.strip().splitlines()
+    assert len(messages) == 3
+    assert messages[0].startswith("line 2:") and "empty" in messages[0]
+    assert messages[1].startswith("line 3:") and "'z' at position 5" in messages[1]
+    assert messages[2].startswith("line 5:") and "150 characters" in messages[2]
+
+
+def test_translate_empty_stdin(checkpoint):
+    result = run("translate", checkpoint, stdin="")
+    assert result.returncode == 0 and result.stdout == "" and result.stderr == ""
+
+
+def test_missing_checkpoint(tmp_path):
+    assert_one_line_error(run("translate", tmp_path / "nowhere.pt", "25 November 2026"), "no such file")
+
+
+def test_truncated_checkpoint(tmp_path, checkpoint):
+    truncated = tmp_path / "truncated.pt"
+    data = checkpoint.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    assert_one_line_error(run("translate", truncated, "25 November 2026"), "truncated")
+
+
+@pytest.mark.parametrize("kind", ["text", "tensor dict", "pickled module"])
+def test_foreign_file(tmp_path, kind):
+    foreign = tmp_path / "foreign.pt"
+    if kind == "text":
+        foreign.write_text("25 November 2026\n")
+    elif kind == "tensor dict":
+        torch.save({"weights": torch.zeros(3)}, foreign)
+    else:
+        torch.save(nn.Linear(2, 2), foreign)  # weights_only loading refuses arbitrary objects
+    assert_one_line_error(run("translate", foreign, "25 November 2026"), str(foreign))
