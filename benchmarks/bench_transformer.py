@@ -104,8 +104,8 @@ def matrix_products(fn):
     return replay, flops
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_size_arguments(parser):
+    """The model and batch sizes every benchmark script takes."""
     parser.add_argument("--d-model", type=int, default=128)
     parser.add_argument("--heads", type=int, default=8)
     parser.add_argument("--layers", type=int, default=3)
@@ -115,13 +115,12 @@ def main(argv=None):
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--src-len", type=int, default=30)
     parser.add_argument("--tgt-len", type=int, default=12)
-    parser.add_argument("--rounds", type=int, default=15, help="timed rounds; each runs both models")
-    parser.add_argument("--steps", type=int, default=5, help="training steps per model and round")
-    parser.add_argument("--matmul-size", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
 
+
+def build_models(args):
+    """Our Transformer and torch's, same weights, in training mode: (ours, reference)."""
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -129,7 +128,18 @@ def main(argv=None):
                                num_layers=args.layers, d_ff=args.d_ff, dropout=args.dropout,
                                max_len=max(args.src_len, args.tgt_len))
     ours = Transformer(config).train()
-    reference = TorchReference(config).copy_from(ours).train()
+    return ours, TorchReference(config).copy_from(ours).train()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_size_arguments(parser)
+    parser.add_argument("--rounds", type=int, default=15, help="timed rounds; each runs both models")
+    parser.add_argument("--steps", type=int, default=5, help="training steps per model and round")
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    args = parser.parse_args(argv)
+
+    ours, reference = build_models(args)
     batch = make_batch(args, torch.Generator().manual_seed(args.seed))
     steps = {"ours": make_step(ours, batch, args.vocab), "torch": make_step(reference, batch, args.vocab)}
     matmul, matmul_flops = make_matmul(args.matmul_size)

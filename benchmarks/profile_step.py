@@ -13,34 +13,17 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 import bench_transformer as bench
-from book.transformer import TorchReference, Transformer, TransformerConfig
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--layers", type=int, default=3)
-    parser.add_argument("--d-ff", type=int, default=512)
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--vocab", type=int, default=60)
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--src-len", type=int, default=30)
-    parser.add_argument("--tgt-len", type=int, default=12)
+    bench.add_size_arguments(parser)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=20)
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    config = TransformerConfig(args.vocab, args.vocab, d_model=args.d_model, num_heads=args.heads,
-                               num_layers=args.layers, d_ff=args.d_ff, dropout=args.dropout,
-                               max_len=max(args.src_len, args.tgt_len))
-    ours = Transformer(config).train()
-    models = {"ours": ours, "torch": TorchReference(config).copy_from(ours).train()}
+    ours, reference = bench.build_models(args)
+    models = {"ours": ours, "torch": reference}
     batch = bench.make_batch(args, torch.Generator().manual_seed(args.seed))
     for name, model in models.items():
         step = bench.make_step(model, batch, args.vocab)
