@@ -17,17 +17,10 @@ TINY_ARGS = ["--d-model", "16", "--heads", "2", "--layers", "1", "--d-ff", "32",
 TINY = TrainConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32, batch_size=16, warmup=10, steps=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine the thread pool's
-    waiting makes them many times slower; restore the setting for the tests after these."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
-# Subprocesses use one thread too (see one_thread above).
+# Subprocesses use one thread too (see one_thread in tests/conftest.py).
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
 
 

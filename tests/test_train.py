@@ -18,14 +18,7 @@ SPLIT = split_dates()
 TINY = dict(d_model=32, num_heads=2, num_layers=1, d_ff=64, batch_size=32, warmup=20, lr_factor=1.0, eval_every=10)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a busy machine the thread pool's
-    waiting makes them many times slower; restore the setting for the tests after these."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
 
 def batches(settings):
