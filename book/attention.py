@@ -13,23 +13,28 @@ import torch
 def softmax(x, dim=-1):
     """Numerically stable softmax along ``dim``; equals ``torch.softmax``.
 
-    x: any shape. Returns a tensor of the same shape whose entries along ``dim``
-    are >= 0 and sum to 1.
+    x: a floating-point tensor of any shape. Returns a tensor of the same shape
+    whose entries along ``dim`` are >= 0 and sum to 1.
 
     Subtracting the maximum first keeps every exponent <= 0, so ``exp`` cannot
     overflow. A slice that is entirely ``-inf`` (a query with no key it may
     attend to) becomes all zeros instead of NaN, and so does its gradient.
     """
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        kind = x.dtype if torch.is_tensor(x) else type(x).__name__
+        raise ValueError(f"softmax expects a floating-point tensor, got {kind}")
     if x.size(dim) == 0:
         return torch.exp(x)  # nothing to normalise: an empty tensor of the same shape
-    shift = x.amax(dim=dim, keepdim=True).detach()
-    # An all -inf slice has maximum -inf, and -inf - (-inf) is NaN: shift it by 0.
-    shift = torch.where(shift.isneginf(), torch.zeros_like(shift), shift)
+    # An all -inf slice would be shifted by -inf, giving -inf - (-inf) = NaN; any
+    # other slice has a maximum >= the lowest finite number, so the clamp keeps it.
+    shift = x.amax(dim=dim, keepdim=True).detach().clamp(min=torch.finfo(x.dtype).min)
     exps = torch.exp(x - shift)
-    total = exps.sum(dim=dim, keepdim=True)
-    # Only an all -inf slice sums to 0; dividing its zeros by 1 keeps the values and
-    # the gradient at 0 (a tiny divisor instead would blow the gradient up to inf * 0).
-    return exps / torch.where(total > 0, total, torch.ones_like(total))
+    # The maximum contributes exp(0) = 1, so only an all -inf slice sums to less
+    # than 1 (to 0): dividing its zeros by 1 keeps the values and the gradient at 0.
+    total = exps.sum(dim=dim, keepdim=True).clamp(min=1.0)
+    # One reciprocal per slice and a product: cheaper than a division of every
+    # entry, forward and backward.
+    return exps * total.reciprocal()
 
 
 def _shape(tensor):

@@ -2,6 +2,7 @@
 """Residual connections, layer normalization, the feed-forward sublayer and the encoder layer (chapter 6)."""
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from book.multi_head import MultiHeadAttention
 
@@ -20,10 +21,25 @@ def _check_dropout(dropout):
         raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
 
 
+def layer_norm(x, weight, bias, eps=1e-5):
+    """Layer normalization written out, one tensor operation per step of its equation.
+
+    x: (..., D); weight (the gain) and bias: (D,). Returns (..., D).
+    """
+    if not (torch.is_tensor(x) and x.dim() >= 1 and torch.is_tensor(weight) and torch.is_tensor(bias)
+            and weight.shape == bias.shape == x.shape[-1:]):
+        raise ValueError(f"layer_norm expects x (..., D) and a weight and bias of shape (D,), got x "
+                         f"{_shape(x)}, weight {_shape(weight)} and bias {_shape(bias)}")
+    centred = x - x.mean(dim=-1, keepdim=True)
+    variance = centred.square().mean(dim=-1, keepdim=True)  # divides by D, not D - 1
+    return centred * torch.rsqrt(variance + eps) * weight + bias
+
+
 class LayerNorm(nn.Module):
     """Normalize each position over its D features, then scale by ``weight`` and shift by ``bias``.
 
-    x: (..., D) -> (..., D). Equals ``torch.nn.LayerNorm(D, eps)``.
+    x: (..., D) -> (..., D). Computes ``layer_norm`` with PyTorch's fused kernel;
+    equals ``torch.nn.LayerNorm(D, eps)``.
     """
 
     def __init__(self, d_model, eps=1e-5):
@@ -38,9 +54,8 @@ class LayerNorm(nn.Module):
     def forward(self, x):
         if not torch.is_tensor(x) or x.dim() < 1 or x.size(-1) != self.d_model:
             raise ValueError(f"LayerNorm expects shape (..., d_model={self.d_model}), got {_shape(x)}")
-        centred = x - x.mean(dim=-1, keepdim=True)
-        variance = centred.square().mean(dim=-1, keepdim=True)  # divides by D, not D - 1
-        return centred * torch.rsqrt(variance + self.eps) * self.weight + self.bias
+        # layer_norm's arithmetic in one pass over memory each way, several times faster (chapter 6).
+        return F.layer_norm(x, (self.d_model,), self.weight, self.bias, self.eps)
 
 
 class FeedForward(nn.Module):

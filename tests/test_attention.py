@@ -82,6 +82,11 @@ def test_softmax_all_minus_inf_row_is_zero_with_zero_gradient(dtype, upstream_sc
     assert torch.equal(x.grad[1], torch.zeros(3, dtype=dtype))
 
 
+def test_softmax_rejects_integer_input():
+    with pytest.raises(ValueError, match="floating-point.*int64"):
+        softmax(torch.arange(3))
+
+
 def test_softmax_of_an_empty_axis_is_empty():
     x = torch.empty(2, 0)
     assert softmax(x).shape == (2, 0) and torch.softmax(x, -1).shape == (2, 0)

@@ -4,7 +4,7 @@ import torch
 from torch import nn
 
 from book.attention import causal_mask
-from book.residual import EncoderLayer, FeedForward, LayerNorm, Residual
+from book.residual import EncoderLayer, FeedForward, LayerNorm, Residual, layer_norm
 
 TOL = 1e-5
 
@@ -45,6 +45,48 @@ def test_layer_norm_float64_and_large_offset():
     x = 1e4 + torch.randn(4, 32)
     exact = nn.functional.layer_norm(x.double(), (32,), eps=1e-5)
     torch.testing.assert_close(ours32(x).double(), exact, atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 8), (4, 512)])
+@pytest.mark.parametrize("eps", [1e-5, 0.1])
+def test_written_out_layer_norm_matches_torch_values_and_gradients(shape, eps):
+    # The module calls F.layer_norm; the written-out function is the chapter's own arithmetic.
+    gen = torch.Generator().manual_seed(len(shape) * 10 + shape[-1])
+    x = (2 * torch.randn(shape, generator=gen) - 1).requires_grad_()
+    weight = torch.randn(shape[-1], generator=gen).requires_grad_()
+    bias = torch.randn(shape[-1], generator=gen).requires_grad_()
+    upstream = torch.randn(shape, generator=gen)
+    results = []
+    for norm in (layer_norm, lambda x, w, b, eps: nn.functional.layer_norm(x, (shape[-1],), w, b, eps)):
+        y = norm(x, weight, bias, eps)
+        results.append((y, *torch.autograd.grad((y * upstream).sum(), (x, weight, bias))))
+    for a, b in zip(*results):
+        torch.testing.assert_close(a, b, atol=TOL, rtol=0)
+
+
+def test_written_out_layer_norm_keeps_precision_far_from_zero():
+    x = 1e4 + torch.randn(4, 32, generator=torch.Generator().manual_seed(0))
+    exact = nn.functional.layer_norm(x.double(), (32,), eps=1e-5)
+    torch.testing.assert_close(layer_norm(x, torch.ones(32), torch.zeros(32)).double(), exact, atol=1e-2, rtol=0)
+
+
+def test_written_out_layer_norm_bad_input():
+    with pytest.raises(ValueError, match=r"x \(2, 5\), weight \(4,\) and bias \(4,\)"):
+        layer_norm(torch.randn(2, 5), torch.ones(4), torch.zeros(4))
+    with pytest.raises(ValueError, match=r"bias \(3,\)"):
+        layer_norm(torch.randn(2, 4), torch.ones(4), torch.zeros(3))
+    with pytest.raises(ValueError, match="float"):
+        layer_norm(torch.randn(2, 4), torch.ones(4), 0.0)
+
+
+def test_layer_norm_module_equals_the_written_out_function():
+    torch.manual_seed(3)
+    norm = LayerNorm(16, eps=1e-3)
+    with torch.no_grad():
+        norm.weight.copy_(torch.randn(16))
+        norm.bias.copy_(torch.randn(16))
+    x = torch.randn(2, 5, 16)
+    torch.testing.assert_close(norm(x), layer_norm(x, norm.weight, norm.bias, eps=1e-3), atol=1e-5, rtol=0)
 
 
 def test_layer_norm_statistics_and_parameters():
