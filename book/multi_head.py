@@ -87,10 +87,8 @@ class MultiHeadAttention(nn.Module):
         if not torch.is_tensor(mask) or mask.dtype != torch.bool:
             kind = mask.dtype if torch.is_tensor(mask) else type(mask).__name__
             raise ValueError(f"mask must be a bool tensor (True = may attend), got {kind}")
-        try:
-            fits = mask.dim() <= 3 and torch.broadcast_shapes(mask.shape, expected) == expected
-        except RuntimeError:
-            fits = False
+        # Broadcasts to `expected` without changing it: every axis has size 1 or the expected size.
+        fits = mask.dim() <= 3 and all(size in (1, wanted) for size, wanted in zip(mask.shape[::-1], expected[::-1]))
         if not fits:
             raise ValueError(
                 f"mask of shape {_shape(mask)} does not broadcast to (batch, T_q, T_k) = {expected}"

@@ -147,3 +147,19 @@ def test_layer_norm_passes_gradcheck_in_float64(seed, shape, d):
         lambda weight, bias: torch.func.functional_call(norm, {"weight": weight, "bias": bias}, (x.detach(),)),
         (params["weight"], params["bias"]),
     )
+
+
+shapes = st.lists(st.integers(0, 3), max_size=4).map(tuple)
+
+
+@SETTINGS
+@given(shapes=st.lists(shapes, min_size=1, max_size=3))
+def test_attention_broadcast_rule_agrees_with_torch(shapes):
+    # Attention checks shapes with its own plain-Python broadcasting rule: it must answer as torch does.
+    from book.attention import _broadcast
+
+    try:
+        expected = tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        expected = None
+    assert _broadcast(*shapes) == expected
