@@ -7,6 +7,10 @@ take turns, in alternating order, in one process, so that a change in the
 machine's load hits both; the reported ratio is the median of the per-round
 ratios, and its spread shows how noisy the machine was.
 
+The default size is chapter 8's run (book.train.TrainConfig), trained on one of
+its batches of dates (book.data); --src-len and --tgt-len switch to a batch of
+random token ids of those lengths instead, for other sizes.
+
 The throughput is the number of floating-point operations of one step (counted
 by torch.utils.flop_counter.FlopCounterMode: matrix products, forward and
 backward) divided by the step time, as a fraction of this machine's rate on a
@@ -14,6 +18,7 @@ large square matrix product, measured in the same rounds.
 
     python benchmarks/bench_transformer.py                 # chapter 8's size
     python benchmarks/bench_transformer.py --threads 1 --rounds 30
+    python benchmarks/bench_transformer.py --d-model 128 --heads 8 --layers 3 --d-ff 512 --src-len 30 --tgt-len 12
     python benchmarks/bench_transformer.py --help
 """
 import argparse
@@ -25,11 +30,20 @@ import torch
 from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from book.data import batch_for_step, date_tokenizer, split_dates
+from book.train import TrainConfig
 from book.transformer import TorchReference, Transformer, TransformerConfig
+
+CHAPTER_8 = TrainConfig()  # the training chapter's default run: the benchmark's default size
 
 
 def make_batch(args, generator):
-    """Random token ids with some padding at the end, like a batch of real sentences."""
+    """The batch every step trains on, (src, tgt_in, tgt_out): chapter 8's dates, or random ids."""
+    if args.src_len is None:
+        # Batch 1 of chapter 8's run: real dates in random formats, padded to the longest.
+        batch = batch_for_step(split_dates().train, date_tokenizer(), args.batch, args.seed, step=1)
+        return batch.src, batch.tgt_in, batch.tgt_out
+    # Random token ids with some padding at the end, like a batch of real sentences.
     src = torch.randint(1, args.vocab, (args.batch, args.src_len), generator=generator)
     tgt = torch.randint(1, args.vocab, (args.batch, args.tgt_len + 1), generator=generator)
     src_lengths = torch.randint(args.src_len // 2, args.src_len + 1, (args.batch,), generator=generator)
@@ -105,18 +119,32 @@ def matrix_products(fn):
 
 
 def add_size_arguments(parser):
-    """The model and batch sizes every benchmark script takes."""
-    parser.add_argument("--d-model", type=int, default=128)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--layers", type=int, default=3)
-    parser.add_argument("--d-ff", type=int, default=512)
-    parser.add_argument("--dropout", type=float, default=0.1)
-    parser.add_argument("--vocab", type=int, default=60, help="source and target vocabulary size")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--src-len", type=int, default=30)
-    parser.add_argument("--tgt-len", type=int, default=12)
+    """The model and batch sizes every benchmark script takes; the defaults are chapter 8's run."""
+    parser.add_argument("--d-model", type=int, default=CHAPTER_8.d_model)
+    parser.add_argument("--heads", type=int, default=CHAPTER_8.num_heads)
+    parser.add_argument("--layers", type=int, default=CHAPTER_8.num_layers)
+    parser.add_argument("--d-ff", type=int, default=CHAPTER_8.d_ff)
+    parser.add_argument("--dropout", type=float, default=CHAPTER_8.dropout)
+    parser.add_argument("--batch", type=int, default=CHAPTER_8.batch_size)
+    parser.add_argument("--src-len", type=int, default=None,
+                        help="train on random token ids of this source length (default: chapter 8's dates)")
+    parser.add_argument("--tgt-len", type=int, default=None, help="target length of the random batch")
+    parser.add_argument("--vocab", type=int, default=None,
+                        help="vocabulary of the random batch (default: that of chapter 8's dates)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--seed", type=int, default=0)
+
+
+def parse_sizes(parser, argv=None):
+    """parser.parse_args, then fill in what chapter 8's data decides: the vocabulary."""
+    args = parser.parse_args(argv)
+    if (args.src_len is None) != (args.tgt_len is None):
+        parser.error("--src-len and --tgt-len go together (a random batch), or neither (chapter 8's dates)")
+    if args.vocab is None:
+        args.vocab = len(date_tokenizer())
+    elif args.src_len is None and args.vocab != len(date_tokenizer()):
+        parser.error(f"chapter 8's dates need --vocab {len(date_tokenizer())}; pass --src-len and --tgt-len too")
+    return args
 
 
 def build_models(args):
@@ -126,7 +154,7 @@ def build_models(args):
     torch.manual_seed(args.seed)
     config = TransformerConfig(args.vocab, args.vocab, d_model=args.d_model, num_heads=args.heads,
                                num_layers=args.layers, d_ff=args.d_ff, dropout=args.dropout,
-                               max_len=max(args.src_len, args.tgt_len))
+                               max_len=max(128, args.src_len or 0, args.tgt_len or 0))
     ours = Transformer(config).train()
     return ours, TorchReference(config).copy_from(ours).train()
 
@@ -137,7 +165,7 @@ def main(argv=None):
     parser.add_argument("--rounds", type=int, default=15, help="timed rounds; each runs both models")
     parser.add_argument("--steps", type=int, default=5, help="training steps per model and round")
     parser.add_argument("--matmul-size", type=int, default=2048)
-    args = parser.parse_args(argv)
+    args = parse_sizes(parser, argv)
 
     ours, reference = build_models(args)
     batch = make_batch(args, torch.Generator().manual_seed(args.seed))
@@ -165,9 +193,10 @@ def main(argv=None):
     quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else [ratios[0]] * 3
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
+    data = "chapter 8's dates" if args.src_len is None else "random ids"
     print(f"size: d_model={args.d_model} heads={args.heads} layers={args.layers} d_ff={args.d_ff} "
-          f"vocab={args.vocab} batch={args.batch} src_len={args.src_len} tgt_len={args.tgt_len} "
-          f"dropout={args.dropout}")
+          f"vocab={args.vocab} dropout={args.dropout}; batch {tuple(batch[0].shape)} -> "
+          f"{tuple(batch[1].shape)} of {data}")
     print(f"rounds: {args.rounds} x {args.steps} steps per model")
     print(f"step time (median)  ours {median['ours'] * 1e3:8.1f} ms   torch {median['torch'] * 1e3:8.1f} ms")
     print(f"ratio ours/torch    median {statistics.median(ratios):.3f}   "

@@ -1,15 +1,20 @@
-"""What if? How much of the speed gap to torch.nn.Transformer does each hand-written piece cost?
+"""What if? How much of the speed of our training step does each piece of our own code cost?
 
 This is an analysis, not the book's code: it temporarily swaps one component
-of our model for a faster one, inside this process only, and times a training
+of our model for another, inside this process only, and times a training
 step with each variant against torch's model, interleaved as in
 bench_transformer.py. The variants:
 
-    layer_norm   chapter 6's LayerNorm.forward -> F.layer_norm (one fused kernel)
-    softmax      chapter 2's softmax -> torch.softmax, fully masked rows set to 0
-    softmax_grad chapter 2's softmax with a hand-written backward, y * (g - sum(g * y))
-    scale_query  chapter 2's attention scales the (.., T, d_k) queries instead of the
-                 (.., T, T) scores, and skips its input checks
+    written_out_layer_norm  chapter 6's LayerNorm.forward -> chapter 6's layer_norm, the equation
+                            written out in nine tensor operations (what the module ran before it
+                            called F.layer_norm)
+    torch_softmax           chapter 2's softmax -> torch.softmax, fully masked rows set to 0
+    softmax_grad            chapter 2's softmax with a hand-written backward, y * (g - sum(g * y))
+    masked_fill             chapter 2's attention overwrites the forbidden scores with -inf
+                            (masked_fill) instead of adding a mask of -inf and 0
+    scale_scores            chapter 2's attention divides the (.., T_q, T_k) scores by sqrt(d_k)
+                            instead of the (.., T_q, d_k) queries
+    masked_fill+scale_scores  both, chapter 2's attention as it was before it was made faster
 
 The weights, batch and optimizer are the same for every variant; only the
 implementation of these operations changes, and with it the speed.
@@ -23,7 +28,6 @@ import statistics
 import time
 
 import torch
-from torch.nn import functional as F
 
 import bench_transformer as bench
 import book.attention
@@ -37,8 +41,8 @@ ORIGINAL = {
 }
 
 
-def fused_layer_norm(self, x):
-    return F.layer_norm(x, (x.size(-1),), self.weight, self.bias, self.eps)
+def written_out_layer_norm(self, x):
+    return book.residual.layer_norm(x, self.weight, self.bias, self.eps)
 
 
 def fused_softmax(x, dim=-1):
@@ -63,24 +67,33 @@ def softmax_with_grad(x, dim=-1):
     return _SoftmaxWithGrad.apply(x, dim)
 
 
-def attention_scaling_queries(query, key, value, mask=None, dropout=None):
-    scores = (query * (1.0 / math.sqrt(query.size(-1)))) @ key.transpose(-2, -1)
-    if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
-    weights = book.attention.softmax(scores, dim=-1)
-    mixing = weights if dropout is None else dropout(weights)
-    return mixing @ value, weights
+def _attention_as_before(mask_by_fill, scale_scores):
+    """Chapter 2's attention, with either or both of its two speed choices undone."""
+    def attention(query, key, value, mask=None, dropout=None):
+        batch = book.attention._broadcast(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+        scale = 1.0 / math.sqrt(query.size(-1))
+        scores = query @ key.transpose(-2, -1) * scale if scale_scores else (query * scale) @ key.transpose(-2, -1)
+        if mask is not None:
+            book.attention._check_mask(mask, (*batch, query.size(-2), key.size(-2)))
+            if mask_by_fill:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            else:
+                scores = scores + torch.zeros_like(mask, dtype=scores.dtype).masked_fill(~mask, float("-inf"))
+        weights = book.attention.softmax(scores, dim=-1)
+        mixing = weights if dropout is None else dropout(weights)
+        return mixing @ value, weights
+
+    return attention
 
 
 VARIANTS = {
     "as written": {},
-    "layer_norm": {"layer_norm": fused_layer_norm},
-    "softmax": {"softmax": fused_softmax},
+    "written_out_layer_norm": {"layer_norm": written_out_layer_norm},
+    "torch_softmax": {"softmax": fused_softmax},
     "softmax_grad": {"softmax": softmax_with_grad},
-    "scale_query": {"attention": attention_scaling_queries},
-    "layer_norm+softmax_grad+scale_query": {
-        "layer_norm": fused_layer_norm, "softmax": softmax_with_grad, "attention": attention_scaling_queries,
-    },
+    "masked_fill": {"attention": _attention_as_before(mask_by_fill=True, scale_scores=False)},
+    "scale_scores": {"attention": _attention_as_before(mask_by_fill=False, scale_scores=True)},
+    "masked_fill+scale_scores": {"attention": _attention_as_before(mask_by_fill=True, scale_scores=True)},
 }
 
 
@@ -102,7 +115,7 @@ def main(argv=None):
     bench.add_size_arguments(parser)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=3)
-    args = parser.parse_args(argv)
+    args = bench.parse_sizes(parser, argv)
 
     ours, reference = bench.build_models(args)
     batch = bench.make_batch(args, torch.Generator().manual_seed(args.seed))

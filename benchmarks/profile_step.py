@@ -20,7 +20,7 @@ def main(argv=None):
     bench.add_size_arguments(parser)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--rows", type=int, default=20)
-    args = parser.parse_args(argv)
+    args = bench.parse_sizes(parser, argv)
 
     ours, reference = bench.build_models(args)
     models = {"ours": ours, "torch": reference}
