@@ -140,10 +140,11 @@ def parse_sizes(parser, argv=None):
     args = parser.parse_args(argv)
     if (args.src_len is None) != (args.tgt_len is None):
         parser.error("--src-len and --tgt-len go together (a random batch), or neither (chapter 8's dates)")
+    dates_vocab = len(date_tokenizer())
     if args.vocab is None:
-        args.vocab = len(date_tokenizer())
-    elif args.src_len is None and args.vocab != len(date_tokenizer()):
-        parser.error(f"chapter 8's dates need --vocab {len(date_tokenizer())}; pass --src-len and --tgt-len too")
+        args.vocab = dates_vocab
+    elif args.src_len is None and args.vocab != dates_vocab:
+        parser.error(f"chapter 8's dates need --vocab {dates_vocab}; pass --src-len and --tgt-len too")
     return args
 
 

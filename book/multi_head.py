@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from book.attention import scaled_dot_product_attention
+from book.attention import _broadcast, scaled_dot_product_attention
 
 
 def split_heads(x, num_heads):
@@ -87,10 +87,7 @@ class MultiHeadAttention(nn.Module):
         if not torch.is_tensor(mask) or mask.dtype != torch.bool:
             kind = mask.dtype if torch.is_tensor(mask) else type(mask).__name__
             raise ValueError(f"mask must be a bool tensor (True = may attend), got {kind}")
-        # Broadcasts to `expected` without changing it: every axis has size 1 or the expected size.
-        fits = mask.dim() <= 3 and all(
-            size in (1, wanted) for size, wanted in zip(mask.shape[::-1], expected[::-1])
-        )
+        fits = mask.dim() <= 3 and _broadcast(tuple(mask.shape), expected) == expected
         if not fits:
             raise ValueError(
                 f"mask of shape {_shape(mask)} does not broadcast to (batch, T_q, T_k) = {expected}"

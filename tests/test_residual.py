@@ -21,14 +21,17 @@ def layer_norm_pair(d_model, eps, dtype=torch.float32):
 
 @pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 8), (2, 1, 4, 16), (4, 512)])
 @pytest.mark.parametrize("eps", [1e-5, 1e-3, 0.1])
-def test_layer_norm_matches_torch_values_and_gradients(shape, eps):
+@pytest.mark.parametrize("written_out", [False, True], ids=["module", "written_out"])
+def test_layer_norm_matches_torch_values_and_gradients(shape, eps, written_out):
+    # The module calls F.layer_norm; the written-out function is the chapter's own arithmetic.
     torch.manual_seed(len(shape) * 10 + shape[-1])
     ours, theirs = layer_norm_pair(shape[-1], eps)
     x = (2 * torch.randn(shape) - 1).requires_grad_()
     upstream = torch.randn(shape)
     results = []
-    for module in (ours, theirs):
-        y = module(x)
+    norms = ((lambda x: layer_norm(x, ours.weight, ours.bias, eps)) if written_out else ours, theirs)
+    for norm, module in zip(norms, (ours, theirs)):
+        y = norm(x)
         results.append((y, *torch.autograd.grad((y * upstream).sum(), (x, module.weight, module.bias))))
     for a, b in zip(*results):
         torch.testing.assert_close(a, b, atol=TOL, rtol=0)
@@ -45,23 +48,6 @@ def test_layer_norm_float64_and_large_offset():
     x = 1e4 + torch.randn(4, 32)
     exact = nn.functional.layer_norm(x.double(), (32,), eps=1e-5)
     torch.testing.assert_close(ours32(x).double(), exact, atol=1e-2, rtol=0)
-
-
-@pytest.mark.parametrize("shape", [(1,), (7,), (3, 5), (2, 3, 8), (4, 512)])
-@pytest.mark.parametrize("eps", [1e-5, 0.1])
-def test_written_out_layer_norm_matches_torch_values_and_gradients(shape, eps):
-    # The module calls F.layer_norm; the written-out function is the chapter's own arithmetic.
-    gen = torch.Generator().manual_seed(len(shape) * 10 + shape[-1])
-    x = (2 * torch.randn(shape, generator=gen) - 1).requires_grad_()
-    weight = torch.randn(shape[-1], generator=gen).requires_grad_()
-    bias = torch.randn(shape[-1], generator=gen).requires_grad_()
-    upstream = torch.randn(shape, generator=gen)
-    results = []
-    for norm in (layer_norm, lambda x, w, b, eps: nn.functional.layer_norm(x, (shape[-1],), w, b, eps)):
-        y = norm(x, weight, bias, eps)
-        results.append((y, *torch.autograd.grad((y * upstream).sum(), (x, weight, bias))))
-    for a, b in zip(*results):
-        torch.testing.assert_close(a, b, atol=TOL, rtol=0)
 
 
 def test_written_out_layer_norm_keeps_precision_far_from_zero():
