@@ -142,3 +142,97 @@ def test_no_chapter_redefines_an_exported_name():
                 for name in _names_defined(_parse(cell)):
                     if not name.startswith("_"):
                         exported_before.setdefault(name, path.name)
+
+
+# --- What the reader sees (CHAPTER.md): no tooling talk, no visible bookkeeping, no raw labels.
+
+HIDDEN_INPUT = {"remove-input", "remove-cell", "hide-input", "hide-cell"}
+TOOLING = re.compile(
+    r"nbval|tools/export\.py|tools/execute\.py|export\.py|execute\.py|sanitiz|tests/|benchmarks/"
+    r"|tagged `export`|export cell|exporter|stored outputs?|output comparison|\bCI\b|myst_nb|glue\(",
+    re.I,
+)
+BOOKKEEPING = re.compile(
+    r"^\s*glue\(|myst_nb|^\s*#.*(nbval|not compared|output comparison|compared by|stored output|\bCI\b)",
+    re.I,
+)
+EQ_LABEL = re.compile(r"\beq-[a-z][\w-]*")
+# In prose an equation label is resolved where it is a reference ({eq}`eq-x`) or a definition ($$ (eq-x)).
+EQ_RESOLVED = re.compile(r"\{eq\}`[^`]*`|\$\$\s*\(eq-[\w-]+\)")
+
+
+def machinery_seen_by_readers(nb):
+    """[(cell index, line)] of prose naming the tooling and visible code lines of bookkeeping."""
+    found = []
+    for i, cell in enumerate(nb["cells"]):
+        text = source(cell)
+        tags = set(cell.get("metadata", {}).get("tags", []))
+        if cell["cell_type"] == "markdown":
+            found += [(i, line) for line in text.splitlines() if TOOLING.search(line)]
+        elif cell["cell_type"] == "code" and not tags & HIDDEN_INPUT:
+            found += [(i, line) for line in text.splitlines() if BOOKKEEPING.search(line)]
+    return found
+
+
+def unresolved_equation_labels(nb):
+    """[(cell index, label)] of equation labels a reader would see as raw text."""
+    found = []
+    for i, cell in enumerate(nb["cells"]):
+        text = source(cell)
+        if cell["cell_type"] == "markdown":
+            text = EQ_RESOLVED.sub("", text)
+        found += [(i, m.group()) for m in EQ_LABEL.finditer(text)]
+    return found
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_readers_see_no_machinery(path):
+    found = machinery_seen_by_readers(load(path))
+    assert not found, f"{path.name}: {len(found)} line(s) about the book's machinery visible to readers: {found[:5]}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_no_unresolved_equation_labels(path):
+    found = unresolved_equation_labels(load(path))
+    assert not found, f"{path.name}: raw equation labels {found[:5]}"
+
+
+def test_generated_docstrings_have_no_equation_labels():
+    # The API page renders the package's docstrings as plain text: a label there never resolves.
+    found = [(p.name, m.group()) for p in sorted((ROOT / "book").glob("*.py")) for m in EQ_LABEL.finditer(p.read_text())]
+    assert not found, f"raw equation labels in book/: {found[:5]}"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_unstable_cells_say_why(path):
+    # A cell left out of the output comparison carries its reason in its metadata, out of the reader's sight.
+    for i, cell in enumerate(code_cells(load(path))):
+        meta = cell.get("metadata", {})
+        if "nbval-ignore-output" in meta.get("tags", []):
+            assert str(meta.get("nbval_ignore_reason", "")).strip(), (
+                f"{path.name}: code cell {i + 1} is tagged nbval-ignore-output without metadata nbval_ignore_reason"
+            )
+
+
+def test_reader_view_checks_can_fail():
+    def md(text):
+        return {"cell_type": "markdown", "metadata": {}, "source": text}
+
+    def code(text, tags=()):
+        return {"cell_type": "code", "metadata": {"tags": list(tags)}, "source": text}
+
+    bad = {"cells": [
+        md("Run `pytest` and nbval checks the stored outputs."),
+        code("x = 1\nglue('x', x, display=False)"),
+        code("# not compared: a timing\nprint(1)"),
+        code('def f():\n    """Equation (eq-attention)."""'),
+        md("As {eq}`eq-ok` shows, and eq-raw too.\n$$ a $$ (eq-ok)"),
+    ]}
+    assert [i for i, _ in machinery_seen_by_readers(bad)] == [0, 1, 2]
+    assert unresolved_equation_labels(bad) == [(3, "eq-attention"), (4, "eq-raw")]
+    good = {"cells": [
+        code("glue('x', 1, display=False)", tags=["remove-input"]),
+        md("As {eq}`eq-ok` shows.\n\n$$ a $$ (eq-ok)"),
+        code("y = softmax(x)  # the frequency-domain view"),
+    ]}
+    assert machinery_seen_by_readers(good) == [] and unresolved_equation_labels(good) == []
