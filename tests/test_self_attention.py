@@ -117,3 +117,23 @@ def test_positions_break_permutation_equivariance():
     pe = sinusoidal_positional_encoding(6, 8)
     with_pe, _ = self_attention(x[perm] + pe)
     assert (with_pe - self_attention(x + pe)[0][perm]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("offset", [-1, -3, 2])
+def test_a_shifted_query_finds_the_position_offset_away(offset):
+    # PE(p) M_k equals PE(p + k); rows of equal length match themselves best, so the best key is p + k.
+    pe = sinusoidal_positional_encoding(80, 64)
+    query = pe @ positional_shift_matrix(offset, 64)
+    best = (query @ pe.T).argmax(dim=-1)
+    p = torch.arange(max(0, -offset), min(80, 80 - offset))
+    assert torch.equal(best[p], p + offset)
+
+
+def test_the_core_is_checked_before_it_runs():
+    # The checks live after the core in the chapter; they must still run first.
+    with pytest.raises(ValueError, match="max_len"):
+        sinusoidal_positional_encoding(0, 8)
+    with pytest.raises(ValueError, match="offset"):
+        positional_shift_matrix(2.0, 8)
+    with pytest.raises(ValueError, match="got list"):
+        self_attention([[1.0, 2.0], [3.0, 4.0]])
