@@ -2,9 +2,10 @@
 """The full encoder-decoder Transformer (chapter 7).
 
 ``Transformer(config)`` embeds source and target tokens, runs them through the
-encoder and decoder stacks (post-norm, as in the paper) and turns the decoder's
-output into logits over the target vocabulary. ``TorchReference`` rebuilds the
-same model from ``torch.nn`` parts, for checks and benchmarks.
+encoder and decoder stacks (post-norm as in the paper, or pre-norm with a final
+LayerNorm after each stack) and turns the decoder's output into logits over the
+target vocabulary. ``TorchReference`` rebuilds the same model from ``torch.nn``
+parts, for checks and benchmarks.
 """
 import math
 from dataclasses import dataclass
@@ -16,22 +17,23 @@ from torch.nn import functional as F
 
 from book.attention import causal_mask, padding_mask
 from book.multi_head import MultiHeadAttention
-from book.residual import EncoderLayer, FeedForward, Residual
+from book.residual import EncoderLayer, FeedForward, LayerNorm, Residual
 from book.self_attention import sinusoidal_positional_encoding
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
 class TransformerConfig:
-    """The sizes of a Transformer; the defaults are the paper's base model.
+    """The sizes of a Transformer.
 
-    d_k and d_v (per-head widths of queries/keys and values) default to
-    d_model // num_heads. share_embeddings=True ties the source embedding,
-    the target embedding and the output projection into one matrix, which
-    needs src_vocab_size == tgt_vocab_size.
+    The defaults are the paper's base model, with one exception:
+    share_embeddings is False, so that source and target may have vocabularies
+    of their own. The paper ties the source embedding, the target embedding and
+    the output projection into one matrix: share_embeddings=True, which needs
+    src_vocab_size == tgt_vocab_size. d_k and d_v (per-head widths of
+    queries/keys and values) default to d_model // num_heads. norm_first=False
+    is the paper's post-norm; True builds pre-norm layers and a final LayerNorm
+    after each stack, as torch.nn.Transformer(norm_first=True). max_len (the
+    longest sequence the positional table covers) and pad_id are ours.
     """
 
     src_vocab_size: int
@@ -46,35 +48,47 @@ class TransformerConfig:
     max_len: int = 5000
     pad_id: int = 0
     share_embeddings: bool = False
+    norm_first: bool = False
 
     def __post_init__(self):
-        for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "num_layers", "d_ff", "max_len"):
-            value = getattr(self, name)
-            if not _is_int(value) or value < 1:
-                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-        for name in ("d_k", "d_v"):
-            value = getattr(self, name)
-            if value is not None and (not _is_int(value) or value < 1):
-                raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
-        if (self.d_k is None or self.d_v is None) and self.d_model % self.num_heads:
-            raise ValueError(
-                f"d_model={self.d_model} is not divisible by num_heads={self.num_heads}; "
-                f"choose sizes that divide, or pass d_k and d_v explicitly"
-            )
-        if self.d_model % 2:
-            raise ValueError(f"d_model must be even for the sinusoidal encoding, got {self.d_model}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not 0 <= self.dropout < 1:
-            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
-        if self.share_embeddings and self.src_vocab_size != self.tgt_vocab_size:
-            raise ValueError(
-                f"share_embeddings=True needs equal vocabularies, got src_vocab_size={self.src_vocab_size} "
-                f"and tgt_vocab_size={self.tgt_vocab_size}"
-            )
-        if not _is_int(self.pad_id) or not 0 <= self.pad_id < min(self.src_vocab_size, self.tgt_vocab_size):
-            raise ValueError(
-                f"pad_id={self.pad_id!r} must be a token id of both vocabularies, i.e. in "
-                f"[0, {min(self.src_vocab_size, self.tgt_vocab_size)})"
-            )
+        _check_config(self)
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_config(c):
+    for name in ("src_vocab_size", "tgt_vocab_size", "d_model", "num_heads", "num_layers", "d_ff", "max_len"):
+        value = getattr(c, name)
+        if not _is_int(value) or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    for name in ("d_k", "d_v"):
+        value = getattr(c, name)
+        if value is not None and (not _is_int(value) or value < 1):
+            raise ValueError(f"{name} must be None or an integer >= 1, got {value!r}")
+    if (c.d_k is None or c.d_v is None) and c.d_model % c.num_heads:
+        raise ValueError(
+            f"d_model={c.d_model} is not divisible by num_heads={c.num_heads}; "
+            f"choose sizes that divide, or pass d_k and d_v explicitly"
+        )
+    if c.d_model % 2:
+        raise ValueError(f"d_model must be even for the sinusoidal encoding, got {c.d_model}")
+    if isinstance(c.dropout, bool) or not isinstance(c.dropout, (int, float)) or not 0 <= c.dropout < 1:
+        raise ValueError(f"dropout must be a number in [0, 1), got {c.dropout!r}")
+    for name in ("share_embeddings", "norm_first"):
+        if not isinstance(getattr(c, name), bool):
+            raise ValueError(f"{name} must be True or False, got {getattr(c, name)!r}")
+    if c.share_embeddings and c.src_vocab_size != c.tgt_vocab_size:
+        raise ValueError(
+            f"share_embeddings=True needs equal vocabularies, got src_vocab_size={c.src_vocab_size} "
+            f"and tgt_vocab_size={c.tgt_vocab_size}"
+        )
+    if not _is_int(c.pad_id) or not 0 <= c.pad_id < min(c.src_vocab_size, c.tgt_vocab_size):
+        raise ValueError(
+            f"pad_id={c.pad_id!r} must be a token id of both vocabularies, i.e. in "
+            f"[0, {min(c.src_vocab_size, c.tgt_vocab_size)})"
+        )
 
 
 class Embedding(nn.Module):
@@ -88,8 +102,6 @@ class Embedding(nn.Module):
         nn.init.normal_(self.weight)
 
     def forward(self, tokens):
-        # F.embedding is the row lookup weight[tokens]; its backward adds the
-        # gradients of repeated tokens into one row without a dense scatter.
         return F.embedding(tokens, self.weight) * self.scale
 
 
@@ -136,7 +148,7 @@ class DecoderLayer(nn.Module):
 
 
 class Transformer(nn.Module):
-    """The encoder-decoder of "Attention Is All You Need", post-norm.
+    """The encoder-decoder of "Attention Is All You Need" (post-norm unless config.norm_first).
 
     forward(src (B, S), tgt (B, T)) -> logits (B, T, tgt_vocab_size), with the
     padding and causal masks built from ``config.pad_id``. For generation, call
@@ -145,18 +157,16 @@ class Transformer(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        if not isinstance(config, TransformerConfig):
-            raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
-        c = self.config = config
+        c = self.config = _check_is_config(config)
         self.src_embed = Embedding(c.src_vocab_size, c.d_model)
         self.tgt_embed = self.src_embed if c.share_embeddings else Embedding(c.tgt_vocab_size, c.d_model)
         self.positions = PositionalEncoding(c.d_model, c.max_len, c.dropout)
-        self.encoder_layers = nn.ModuleList(
-            EncoderLayer(c.d_model, c.num_heads, c.d_ff, c.dropout, c.d_k, c.d_v) for _ in range(c.num_layers)
-        )
-        self.decoder_layers = nn.ModuleList(
-            DecoderLayer(c.d_model, c.num_heads, c.d_ff, c.dropout, c.d_k, c.d_v) for _ in range(c.num_layers)
-        )
+        sizes = (c.d_model, c.num_heads, c.d_ff, c.dropout, c.d_k, c.d_v, c.norm_first)
+        self.encoder_layers = nn.ModuleList(EncoderLayer(*sizes) for _ in range(c.num_layers))
+        self.decoder_layers = nn.ModuleList(DecoderLayer(*sizes) for _ in range(c.num_layers))
+        # Post-norm layers end with a norm already; a pre-norm stack gets a final one.
+        self.encoder_norm = LayerNorm(c.d_model) if c.norm_first else nn.Identity()
+        self.decoder_norm = LayerNorm(c.d_model) if c.norm_first else nn.Identity()
         self.generator = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
         if c.share_embeddings:
             self.generator.weight = self.src_embed.weight  # one (V, D) matrix in three roles
@@ -168,75 +178,86 @@ class Transformer(nn.Module):
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
-    def _check_tokens(self, tokens, vocab_size, name):
-        if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
-            got = f"shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-            raise ValueError(f"{name} must be a 2-D (batch, length) tensor of token ids, got {got}")
-        if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-            raise TypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
-        if not 1 <= tokens.size(1) <= self.config.max_len:
-            raise ValueError(f"{name} has length {tokens.size(1)}; expected 1 to max_len={self.config.max_len}")
-        if tokens.numel():
-            low, high = tokens.min().item(), tokens.max().item()
-            if low < 0 or high >= vocab_size:
-                raise ValueError(f"{name} token ids must be in [0, {vocab_size}), got min {low} and max {high}")
-
-    def _encode(self, src, src_mask):
+    def encode(self, src, src_mask=None):
+        """src: (B, S) token ids -> memory H (B, S, D); src_mask defaults to padding (B, 1, S)."""
+        _check_tokens(src, "src", self.config)
+        if src_mask is None:
+            src_mask = padding_mask(src, self.config.pad_id)
         x = self.positions(self.src_embed(src))
         for layer in self.encoder_layers:
             x = layer(x, src_mask)
-        return x
-
-    def _decode(self, tgt, memory, src_mask, tgt_mask):
-        if tgt_mask is None:
-            tgt_mask = padding_mask(tgt, self.config.pad_id) & causal_mask(tgt.size(1), tgt.device)
-        x = self.positions(self.tgt_embed(tgt))
-        for layer in self.decoder_layers:
-            x = layer(x, memory, tgt_mask, src_mask)
-        return self.generator(x)
-
-    def encode(self, src, src_mask=None):
-        """src: (B, S) token ids -> memory (B, S, D).
-
-        src_mask defaults to the padding mask (B, 1, S): no position attends to padding.
-        """
-        self._check_tokens(src, self.config.src_vocab_size, "src")
-        if src_mask is None:
-            src_mask = padding_mask(src, self.config.pad_id)
-        return self._encode(src, src_mask)
+        return self.encoder_norm(x)
 
     def decode(self, tgt, memory, src_mask=None, tgt_mask=None):
         """tgt: (B, T) token ids, memory: (B, S, D) -> logits (B, T, tgt_vocab_size).
 
         tgt_mask defaults to padding & causal (B, T, T). Pass the src_mask used
-        for ``encode`` (B, 1, S) so that the decoder, too, ignores source padding.
+        for ``encode`` (B, 1, S) so that the cross-attention ignores source padding.
         """
-        self._check_tokens(tgt, self.config.tgt_vocab_size, "tgt")
-        expected = (tgt.size(0), self.config.d_model)
-        if not isinstance(memory, torch.Tensor) or memory.dim() != 3 or (memory.size(0), memory.size(2)) != expected:
-            got = tuple(memory.shape) if isinstance(memory, torch.Tensor) else type(memory).__name__
-            raise ValueError(
-                f"memory must be (batch={expected[0]}, source length, d_model={expected[1]}), got {got}"
-            )
-        return self._decode(tgt, memory, src_mask, tgt_mask)
+        _check_decoder_input(tgt, memory, self.config)
+        if tgt_mask is None:
+            tgt_mask = padding_mask(tgt, self.config.pad_id) & causal_mask(tgt.size(1), tgt.device)
+        y = self.positions(self.tgt_embed(tgt))
+        for layer in self.decoder_layers:
+            y = layer(y, memory, tgt_mask, src_mask)
+        return self.generator(self.decoder_norm(y))
 
     def forward(self, src, tgt):
         """src: (B, S), tgt: (B, T) token ids -> logits (B, T, tgt_vocab_size)."""
-        self._check_tokens(src, self.config.src_vocab_size, "src")
-        self._check_tokens(tgt, self.config.tgt_vocab_size, "tgt")
-        if src.size(0) != tgt.size(0):
-            raise ValueError(f"src and tgt must have the same batch size, got {src.size(0)} and {tgt.size(0)}")
+        _check_batch(src, tgt)
         src_mask = padding_mask(src, self.config.pad_id)
-        return self._decode(tgt, self._encode(src, src_mask), src_mask, None)
+        return self.decode(tgt, self.encode(src, src_mask), src_mask)
+
+
+def _check_is_config(config):
+    if not isinstance(config, TransformerConfig):
+        raise TypeError(f"config must be a TransformerConfig, got {type(config).__name__}")
+    return config
+
+
+def _check_2d(tokens, name):
+    if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
+        got = f"shape {tuple(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise ValueError(f"{name} must be a 2-D (batch, length) tensor of token ids, got {got}")
+
+
+def _check_tokens(tokens, name, config):
+    vocab_size = config.src_vocab_size if name == "src" else config.tgt_vocab_size
+    _check_2d(tokens, name)
+    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+    if not 1 <= tokens.size(1) <= config.max_len:
+        raise ValueError(f"{name} has length {tokens.size(1)}; expected 1 to max_len={config.max_len}")
+    if tokens.numel():
+        low, high = tokens.min().item(), tokens.max().item()
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"{name} token ids must be in [0, {vocab_size}), got min {low} and max {high}")
+
+
+def _check_decoder_input(tgt, memory, config):
+    _check_tokens(tgt, "tgt", config)
+    expected = (tgt.size(0), config.d_model)
+    if not isinstance(memory, torch.Tensor) or memory.dim() != 3 or (memory.size(0), memory.size(2)) != expected:
+        got = tuple(memory.shape) if isinstance(memory, torch.Tensor) else type(memory).__name__
+        raise ValueError(f"memory must be (batch={expected[0]}, source length, d_model={expected[1]}), got {got}")
+
+
+def _check_batch(src, tgt):
+    _check_2d(src, "src")
+    _check_2d(tgt, "tgt")
+    if src.size(0) != tgt.size(0):
+        raise ValueError(f"src and tgt must have the same batch size, got {src.size(0)} and {tgt.size(0)}")
 
 
 class TorchReference(nn.Module):
     """The same model assembled from torch.nn parts: nn.Embedding, nn.Transformer, nn.Linear.
 
-    Post-norm, ReLU, batch-first, and without the LayerNorm that nn.Transformer
-    puts after each stack by default (the paper's post-norm model has none).
-    ``copy_from(model)`` loads the weights of one of our ``Transformer`` models.
-    Tokens: src (B, S), tgt (B, T); masks are built from ``config.pad_id``.
+    ReLU, batch-first. Post-norm without the LayerNorm that nn.Transformer puts
+    after each stack by default (the paper's post-norm model has none); with
+    config.norm_first, pre-norm layers and those final norms, as
+    nn.Transformer(norm_first=True). ``copy_from(model)`` loads the weights of
+    one of our ``Transformer`` models. Tokens: src (B, S), tgt (B, T); masks are
+    built from ``config.pad_id``.
     """
 
     def __init__(self, config):
@@ -253,12 +274,16 @@ class TorchReference(nn.Module):
         self.register_buffer("pe", sinusoidal_positional_encoding(c.max_len, c.d_model), persistent=False)
         self.dropout = nn.Dropout(c.dropout)
         sizes = dict(d_model=c.d_model, nhead=c.num_heads, dim_feedforward=c.d_ff, dropout=c.dropout,
-                     activation="relu", batch_first=True, norm_first=False)
-        # norm=None drops the final LayerNorm; enable_nested_tensor=False keeps the
-        # outputs at padded positions (the nested-tensor fast path would zero them).
-        encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**sizes), c.num_layers, norm=None,
+                     activation="relu", batch_first=True, norm_first=c.norm_first)
+
+        def final_norm():
+            return nn.LayerNorm(c.d_model) if c.norm_first else None
+
+        # enable_nested_tensor=False keeps the outputs at padded positions (the
+        # nested-tensor fast path would zero them).
+        encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(**sizes), c.num_layers, norm=final_norm(),
                                         enable_nested_tensor=False)
-        decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**sizes), c.num_layers, norm=None)
+        decoder = nn.TransformerDecoder(nn.TransformerDecoderLayer(**sizes), c.num_layers, norm=final_norm())
         self.transformer = nn.Transformer(custom_encoder=encoder, custom_decoder=decoder, **sizes)
         self.generator = nn.Linear(c.d_model, c.tgt_vocab_size, bias=False)
         if c.share_embeddings:
@@ -312,6 +337,11 @@ class TorchReference(nn.Module):
             _copy_attention(ours.self_attn, theirs.self_attn)
             _copy_attention(ours.cross_attn, theirs.multihead_attn)
             _copy_sublayers(ours, theirs, [ours.self_residual, ours.cross_residual, ours.ff_residual])
+        if self.config.norm_first:
+            for ours, theirs in [(model.encoder_norm, self.transformer.encoder.norm),
+                                 (model.decoder_norm, self.transformer.decoder.norm)]:
+                theirs.weight.copy_(ours.weight)
+                theirs.bias.copy_(ours.bias)
         return self
 
 

@@ -44,6 +44,7 @@ def test_config_defaults_are_the_papers_base_model():
     c = TransformerConfig(100, 100)
     assert (c.d_model, c.num_heads, c.num_layers, c.d_ff, c.dropout) == (512, 8, 6, 2048, 0.1)
     assert c.pad_id == 0 and c.share_embeddings is False and c.d_k is None and c.d_v is None
+    assert c.norm_first is False
 
 
 def test_positional_encoding_is_a_buffer_not_a_parameter(model):
@@ -266,6 +267,74 @@ def test_pre_norm_decoder_layer_matches_torch():
                                    atol=1e-5, rtol=0)
 
 
+# --------------------------------------------------------------------------- pre-norm (norm_first=True)
+@pytest.mark.parametrize("share", [False, True])
+def test_pre_norm_model_matches_torch_nn_transformer_with_final_norms(share):
+    changes = dict(src_vocab_size=23, tgt_vocab_size=23 if share else 29, share_embeddings=share)
+    ours = make_model(seed=6, d_model=32, num_heads=4, norm_first=True, **changes)
+    _perturb_vectors(ours, 7)
+    reference = TorchReference(ours.config).copy_from(ours).eval()
+    assert isinstance(reference.transformer.encoder.norm, nn.LayerNorm)
+    assert isinstance(reference.transformer.decoder.norm, nn.LayerNorm)
+    assert all(layer.norm_first for layer in [*reference.transformer.encoder.layers,
+                                              *reference.transformer.decoder.layers])
+    src, tgt = tokens(4, 9, 23, 30), tokens(4, 7, 23, 31)
+    for b, (s, t) in enumerate([(9, 7), (5, 2), (3, 7), (9, 4)]):
+        src[b, s:] = 0
+        tgt[b, t:] = 0
+    with torch.no_grad():
+        memory, torch_memory = ours.encode(src), reference.encode(src)
+        torch.testing.assert_close(memory, torch_memory, atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours.decode(tgt, memory, padding_mask(src, 0)),
+                                   reference.decode(tgt, torch_memory, src), atol=1e-5, rtol=0)
+        torch.testing.assert_close(ours(src, tgt), reference(src, tgt), atol=1e-5, rtol=0)
+    target = tokens(4, 7, 23, 32)
+    for m in (ours, reference):
+        nn.functional.cross_entropy(m(src, tgt).flatten(0, 1), target.flatten()).backward()
+    torch.testing.assert_close(ours.encoder_norm.weight.grad, reference.transformer.encoder.norm.weight.grad,
+                               atol=1e-5, rtol=0)
+    torch.testing.assert_close(ours.decoder_norm.bias.grad, reference.transformer.decoder.norm.bias.grad,
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")
+def test_pre_norm_reference_has_the_layout_of_nn_transformer_norm_first():
+    config = TransformerConfig(**{**TINY, "norm_first": True})
+    reference = TorchReference(config)
+    plain = nn.Transformer(16, 4, 2, 2, 32, batch_first=True, norm_first=True)
+    embeddings = (17 + 19 + 19) * 16
+    assert sum(p.numel() for p in reference.parameters()) - embeddings == sum(p.numel() for p in plain.parameters())
+
+
+def test_pre_norm_comparison_can_fail():
+    # Without its final norms, the pre-norm stack computes a different function.
+    ours = make_model(seed=6, d_model=32, num_heads=4, norm_first=True)
+    _perturb_vectors(ours, 7)
+    reference = TorchReference(ours.config).copy_from(ours).eval()
+    src, tgt = tokens(2, 5, 17, 33), tokens(2, 4, 19, 34)
+    with torch.no_grad():
+        ours.decoder_norm = nn.Identity()
+        assert (ours(src, tgt) - reference(src, tgt)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("changes", [{}, dict(d_model=32, num_heads=4), dict(num_layers=3, share_embeddings=True,
+                                                                             tgt_vocab_size=17)])
+def test_pre_norm_adds_exactly_four_d_model_parameters(changes):
+    post, pre = make_model(**changes), make_model(norm_first=True, **changes)
+    count = lambda m: sum(p.numel() for p in m.parameters())
+    assert count(pre) - count(post) == 4 * post.config.d_model
+    assert all(r.norm_first for layer in pre.decoder_layers
+               for r in (layer.self_residual, layer.cross_residual, layer.ff_residual))
+    assert all(r.norm_first for layer in pre.encoder_layers for r in (layer.attn_residual, layer.ff_residual))
+    assert not any(r.norm_first for layer in post.encoder_layers for r in (layer.attn_residual, layer.ff_residual))
+    # Post-norm keeps the paper's layout and the state-dict keys of earlier checkpoints.
+    assert not any("encoder_norm" in k or "decoder_norm" in k for k in post.state_dict())
+    with torch.device("meta"):
+        base_post = Transformer(TransformerConfig(37000, 37000, share_embeddings=True))
+        base_pre = Transformer(TransformerConfig(37000, 37000, share_embeddings=True, norm_first=True))
+    assert count(base_pre) - count(base_post) == 4 * 512
+
+
 def test_torch_reference_needs_standard_head_widths():
     with pytest.raises(ValueError, match="d_k=8"):
         TorchReference(TransformerConfig(**{**TINY, "d_k": 8}))
@@ -282,7 +351,7 @@ def test_paper_base_and_big_on_the_meta_device():
         tensors = [*model.parameters(), *model.buffers()]
         assert tensors and all(t.is_meta for t in tensors)
         counts[name] = sum(p.numel() for p in model.parameters())
-    # Equation (eq-params) of the chapter, worked out by hand.
+    # The chapter's parameter-count formula, worked out by hand.
     assert counts["base"] == 37000 * 512 + 6 * (3 * (4 * 512 * 512 + 4 * 512) + 2 * (2 * 512 * 2048 + 2048 + 512)
                                                   + 10 * 512)
     assert counts == {"base": 63_082_496, "big": 214_245_376}
@@ -316,6 +385,8 @@ def test_stacks_match_torch_parameter_count_without_final_norms():
         (dict(src_vocab_size=0), ["src_vocab_size", "0"]),
         (dict(pad_id=17), ["pad_id=17", "[0, 17)"]),
         (dict(max_len=0), ["max_len", "0"]),
+        (dict(norm_first="yes"), ["norm_first", "'yes'"]),
+        (dict(share_embeddings=1), ["share_embeddings", "1"]),
     ],
 )
 def test_bad_config_raises_value_error(changes, words):
