@@ -7,8 +7,28 @@ from torch.nn import functional as F
 from book.multi_head import MultiHeadAttention
 
 
+def layer_norm(x, weight, bias, eps=1e-5):
+    """Layer normalization written out from its equation. x: (..., D); weight, bias: (D,) -> (..., D)."""
+    _check_layer_norm_inputs(x, weight, bias)
+    mean = x.mean(dim=-1, keepdim=True)
+    variance = (x - mean).square().mean(dim=-1, keepdim=True)  # divides by D, not D - 1
+    return weight * (x - mean) / torch.sqrt(variance + eps) + bias
+
+
 def _shape(x):
     return tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
+
+
+def _check_layer_norm_inputs(x, weight, bias):
+    if not (torch.is_tensor(x) and x.dim() >= 1 and torch.is_tensor(weight) and torch.is_tensor(bias)
+            and weight.shape == bias.shape == x.shape[-1:]):
+        raise ValueError(f"layer_norm expects x (..., D) and a weight and bias of shape (D,), got x "
+                         f"{_shape(x)}, weight {_shape(weight)} and bias {_shape(bias)}")
+
+
+def _check_features(name, x, d_model):
+    if not torch.is_tensor(x) or x.dim() < 1 or x.size(-1) != d_model:
+        raise ValueError(f"{name} expects shape (..., d_model={d_model}), got {_shape(x)}")
 
 
 def _check_positive_int(name, value):
@@ -16,45 +36,32 @@ def _check_positive_int(name, value):
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
+def _check_eps(eps):
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
+        raise ValueError(f"eps must be a positive number, got {eps!r}")
+
+
 def _check_dropout(dropout):
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise ValueError(f"dropout must be a probability in [0, 1), got {dropout!r}")
 
 
-def layer_norm(x, weight, bias, eps=1e-5):
-    """Layer normalization written out, one tensor operation per step of its equation.
-
-    x: (..., D); weight (the gain) and bias: (D,). Returns (..., D).
-    """
-    if not (torch.is_tensor(x) and x.dim() >= 1 and torch.is_tensor(weight) and torch.is_tensor(bias)
-            and weight.shape == bias.shape == x.shape[-1:]):
-        raise ValueError(f"layer_norm expects x (..., D) and a weight and bias of shape (D,), got x "
-                         f"{_shape(x)}, weight {_shape(weight)} and bias {_shape(bias)}")
-    centred = x - x.mean(dim=-1, keepdim=True)
-    variance = centred.square().mean(dim=-1, keepdim=True)  # divides by D, not D - 1
-    return centred * torch.rsqrt(variance + eps) * weight + bias
-
-
 class LayerNorm(nn.Module):
     """Normalize each position over its D features, then scale by ``weight`` and shift by ``bias``.
 
-    x: (..., D) -> (..., D). Computes ``layer_norm`` with PyTorch's fused kernel;
-    equals ``torch.nn.LayerNorm(D, eps)``.
+    x: (..., D) -> (..., D). The arithmetic of ``layer_norm``; equals ``torch.nn.LayerNorm(D, eps)``.
     """
 
     def __init__(self, d_model, eps=1e-5):
         super().__init__()
         _check_positive_int("d_model", d_model)
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps must be a positive number, got {eps!r}")
+        _check_eps(eps)
         self.d_model, self.eps = d_model, float(eps)
         self.weight = nn.Parameter(torch.ones(d_model))
         self.bias = nn.Parameter(torch.zeros(d_model))
 
     def forward(self, x):
-        if not torch.is_tensor(x) or x.dim() < 1 or x.size(-1) != self.d_model:
-            raise ValueError(f"LayerNorm expects shape (..., d_model={self.d_model}), got {_shape(x)}")
-        # layer_norm's arithmetic in one pass over memory each way, several times faster (chapter 6).
+        _check_features("LayerNorm", x, self.d_model)
         return F.layer_norm(x, (self.d_model,), self.weight, self.bias, self.eps)
 
 
@@ -75,8 +82,7 @@ class FeedForward(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
-        if not torch.is_tensor(x) or x.dim() < 1 or x.size(-1) != self.d_model:
-            raise ValueError(f"FeedForward expects shape (..., d_model={self.d_model}), got {_shape(x)}")
+        _check_features("FeedForward", x, self.d_model)
         return self.linear2(self.dropout(torch.relu(self.linear1(x))))
 
 
@@ -97,14 +103,15 @@ class Residual(nn.Module):
 
     def forward(self, x, sublayer):
         if self.norm_first:
-            return x + self._correction(sublayer, self.norm(x), x)
-        return self.norm(x + self._correction(sublayer, x, x))
+            return x + self.dropout(_same_shape(sublayer(self.norm(x)), x))
+        return self.norm(x + self.dropout(_same_shape(sublayer(x), x)))
 
-    def _correction(self, sublayer, inputs, x):
-        out = sublayer(inputs)
-        if not torch.is_tensor(out) or out.shape != x.shape:
-            raise ValueError(f"the sublayer must keep the input's shape {_shape(x)}, but it returned {_shape(out)}")
-        return self.dropout(out)
+
+def _same_shape(out, x):
+    """The sublayer's output, checked: it is added to x, so it must have x's shape."""
+    if not torch.is_tensor(out) or out.shape != x.shape:
+        raise ValueError(f"the sublayer must keep the input's shape {_shape(x)}, but it returned {_shape(out)}")
+    return out
 
 
 class EncoderLayer(nn.Module):
