@@ -186,3 +186,11 @@ def test_cell_bad_input_raises(x_shape, h_shape, expected):
 def test_bad_sizes_raise(sizes):
     with pytest.raises(ValueError, match="must be a positive integer"):
         RNN(*sizes)
+
+
+def test_cell_without_h_starts_from_zeros():
+    torch.manual_seed(0)
+    cell = RNNCell(3, 4)
+    x = torch.randn(2, 3)
+    assert torch.equal(cell(x), cell(x, torch.zeros(2, 4)))
+
