@@ -228,3 +228,24 @@ def test_bad_inputs_name_the_shapes():
         mha(good, good, good, torch.ones(4, 4))
     with pytest.raises(ValueError, match="does not broadcast"):
         mha(good, good, good, torch.ones(2, 1, 4, 4, dtype=torch.bool))
+
+
+def test_store_weights_can_be_switched_off():
+    torch.manual_seed(4)
+    x = torch.randn(2, 5, 8)
+    keeping = MultiHeadAttention(8, 2)
+    assert keeping.store_weights is True  # the default keeps them, as before
+    skipping = MultiHeadAttention(8, 2, store_weights=False)
+    skipping.load_state_dict(keeping.state_dict())
+    torch.testing.assert_close(skipping(x, x, x, causal_mask(5)), keeping(x, x, x, causal_mask(5)), atol=0, rtol=0)
+    assert skipping.attention_weights is None and keeping.attention_weights.shape == (2, 2, 5, 5)
+    # Switching off on a module that kept weights drops the stale ones at the next call; on again keeps them.
+    keeping.store_weights = False
+    keeping(x, x, x)
+    assert keeping.attention_weights is None
+    keeping.store_weights = True
+    keeping(x[:1], x[:1], x[:1])
+    assert keeping.attention_weights.shape == (1, 2, 5, 5)
+    # Gradients are unaffected.
+    skipping(x, x, x).sum().backward()
+    assert all(p.grad is not None for p in skipping.parameters())

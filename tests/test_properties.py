@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from book.attention import causal_mask, scaled_dot_product_attention, softmax
+from book.multi_head import MultiHeadAttention
 from book.residual import LayerNorm
 from book.self_attention import self_attention
 
@@ -163,3 +164,24 @@ def test_attention_broadcast_rule_agrees_with_torch(shapes):
     except RuntimeError:
         expected = None
     assert _broadcast(*shapes) == expected
+
+
+@SETTINGS
+@given(seed=seeds, b=st.integers(1, 3), t_q=sizes, t_k=sizes, heads=st.integers(1, 4), d_k=st.integers(1, 4),
+       store=st.booleans())
+def test_multi_head_permutes_with_its_queries_and_ignores_key_order(seed, b, t_q, t_k, heads, d_k, store):
+    torch.manual_seed(seed)
+    d_model = 4
+    mha = MultiHeadAttention(d_model, heads, d_k=d_k, d_v=d_k, store_weights=store)
+    query, memory = randn(seed, b, t_q, d_model), randn(seed + 1, b, t_k, d_model)
+    mask = random_mask(seed, b, t_q, t_k)
+    q_perm = torch.randperm(t_q, generator=torch.Generator().manual_seed(seed))
+    k_perm = torch.randperm(t_k, generator=torch.Generator().manual_seed(seed + 1))
+    out = mha(query, memory, memory, mask)
+    weights = mha.attention_weights
+    moved = mha(query[:, q_perm], memory[:, k_perm], memory[:, k_perm], mask[:, q_perm][:, :, k_perm])
+    torch.testing.assert_close(moved, out[:, q_perm], atol=1e-5, rtol=1e-5)
+    if store:
+        torch.testing.assert_close(mha.attention_weights, weights[:, :, q_perm][..., k_perm], atol=1e-6, rtol=0)
+    else:
+        assert weights is None and mha.attention_weights is None
