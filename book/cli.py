@@ -6,7 +6,8 @@ Usage::
     python -m book translate date-model.pt "25 November 2026"     # prints 2026-11-25
     python -m book translate date-model.pt < dates.txt             # one answer per line
 
-``train`` uses the chapter's defaults (``book.train.TrainConfig``), shows a progress bar on
+``train`` uses the chapter's defaults (``book.train.TrainConfig``: tied embeddings, the paper's
+schedule with a cooldown over the last steps), shows a progress bar on
 stderr and saves a checkpoint every ``--save-every`` steps and at the end. Ctrl-C stops after
 the current step and saves; running the same command again resumes from the checkpoint and
 ends with the same weights as a run that was never interrupted.
@@ -36,7 +37,7 @@ TRANSLATE_CHUNK = 256  # lines translated together when reading stdin
 
 # Options that size the model or the run: (argparse dest, TrainConfig field).
 SIZE_OPTIONS = (("d_model", "d_model"), ("heads", "num_heads"), ("layers", "num_layers"),
-                ("d_ff", "d_ff"), ("batch_size", "batch_size"), ("warmup", "warmup"))
+                ("d_ff", "d_ff"), ("batch_size", "batch_size"), ("warmup", "warmup"), ("cooldown", "cooldown"))
 
 
 class CheckpointError(Exception):
@@ -287,10 +288,13 @@ def build_parser():
     t.add_argument("--steps", type=int, help=f"total number of steps (default {TrainConfig.steps})")
     t.add_argument("--save-every", type=int, default=200, help="save a checkpoint every N steps (default 200)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
-    size = t.add_argument_group("model and batch size (defaults: the chapter's settings)")
+    size = t.add_argument_group("model, batch and schedule (defaults: the chapter's settings)")
+    notes = {"cooldown": "steps at the end over which the learning rate falls towards 0; 0 keeps the paper's "
+                         "schedule. A resumed run with a larger --steps moves the cooldown to the new end"}
     for dest, field in SIZE_OPTIONS:
+        note = notes.get(dest)
         size.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=int,
-                          help=f"default {getattr(TrainConfig, field)}")
+                          help=f"{note}; default {getattr(TrainConfig, field)}" if note else f"default {getattr(TrainConfig, field)}")
 
     r = commands.add_parser("translate", help="read dates, write them as YYYY-MM-DD")
     r.add_argument("checkpoint", help="a file written by 'python -m book train'")

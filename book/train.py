@@ -18,9 +18,11 @@ class TrainConfig:
     num_layers: int = 2
     d_ff: int = 256
     dropout: float = 0.0
+    share_embeddings: bool = True
     batch_size: int = 128
     warmup: int = 400
     lr_factor: float = 0.5
+    cooldown: int = 500
     label_smoothing: float = 0.1
     steps: int = 2500
     eval_every: int = 250
@@ -31,6 +33,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if not isinstance(self.cooldown, int) or isinstance(self.cooldown, bool) or self.cooldown < 0:
+            raise ValueError(f"cooldown must be a non-negative integer, got {self.cooldown!r}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not self.lr_factor > 0:
@@ -44,6 +48,7 @@ def build_model(settings, tokenizer):
         src_vocab_size=len(tokenizer), tgt_vocab_size=len(tokenizer), d_model=settings.d_model,
         num_heads=settings.num_heads, num_layers=settings.num_layers, d_ff=settings.d_ff,
         dropout=settings.dropout, max_len=128, pad_id=tokenizer.pad_id,
+        share_embeddings=settings.share_embeddings,
     )
     return Transformer(config)
 
@@ -87,14 +92,31 @@ def noam_rate(step, d_model, warmup, factor=1.0):
     return factor * d_model ** -0.5 * min(step ** -0.5, step * warmup ** -1.5)
 
 
-def train_step(model, optimizer, batch, step, settings):
-    """One update at ``step`` (counted from 1). Returns (loss, share of target tokens predicted right)."""
+def learning_rate(step, settings, d_model):
+    """The rate at ``step``: noam_rate, then straight down over the last settings.cooldown steps.
+
+    In the cooldown the rate is multiplied by (steps - step + 1) / (cooldown + 1), which falls
+    from 1 to 1 / (cooldown + 1) at the last step; cooldown=0 leaves the paper's schedule.
+    """
+    rate = noam_rate(step, d_model, settings.warmup, settings.lr_factor)
+    left = settings.steps - step
+    if left < settings.cooldown:
+        rate *= (left + 1) / (settings.cooldown + 1)
+    return rate
+
+
+def train_step(model, optimizer, batch, step, settings, loss_fn=None):
+    """One update at ``step`` (counted from 1). Returns (loss, share of target tokens predicted right).
+
+    loss_fn(logits, target, smoothing, pad_id) defaults to label_smoothed_cross_entropy.
+    """
+    loss_fn = label_smoothed_cross_entropy if loss_fn is None else loss_fn
     for group in optimizer.param_groups:
-        group["lr"] = noam_rate(step, model.config.d_model, settings.warmup, settings.lr_factor)
+        group["lr"] = learning_rate(step, settings, model.config.d_model)
     model.train()
     memory = model.encode(batch.src, batch.src_mask)
     logits = model.decode(batch.tgt_in, memory, batch.src_mask, batch.tgt_mask)
-    loss = label_smoothed_cross_entropy(logits, batch.tgt_out, settings.label_smoothing, model.config.pad_id)
+    loss = loss_fn(logits, batch.tgt_out, settings.label_smoothing, model.config.pad_id)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
@@ -108,20 +130,21 @@ def new_history():
 
 
 def train(model, optimizer, next_batch, settings, start_step=0, history=None, validate=None,
-          after_step=None, progress=True):
+          after_step=None, progress=True, loss_fn=None):
     """Train from ``start_step`` + 1 up to settings.steps and return the history (a dict of lists).
 
     next_batch(step) -> Batch for that step. validate(model) -> a score, recorded every
     settings.eval_every steps and at the end. after_step(step, history) runs after each update;
     when it returns True training stops there (the command line uses it to save and to stop
-    on Ctrl-C). The progress bar goes to stderr.
+    on Ctrl-C). loss_fn replaces the label-smoothed loss (see train_step). The progress bar
+    goes to stderr.
     """
     history = new_history() if history is None else history
     bar = tqdm(total=settings.steps, initial=start_step, desc="training", unit="step",
                file=sys.stderr, disable=not progress, mininterval=1.0)
     try:
         for step in range(start_step + 1, settings.steps + 1):
-            loss, token_accuracy = train_step(model, optimizer, next_batch(step), step, settings)
+            loss, token_accuracy = train_step(model, optimizer, next_batch(step), step, settings, loss_fn)
             history["step"].append(step)
             history["loss"].append(loss)
             history["token_accuracy"].append(token_accuracy)

@@ -13,7 +13,9 @@ from book import cli
 from book.data import date_tokenizer
 from book.train import TrainConfig, build_model, make_optimizer, new_history, translate
 
-TINY_ARGS = ["--d-model", "16", "--heads", "2", "--layers", "1", "--d-ff", "32", "--batch-size", "16", "--warmup", "10"]
+# --cooldown 0: with a cooldown, a run continued to more steps has another schedule than one long run.
+TINY_ARGS = ["--d-model", "16", "--heads", "2", "--layers", "1", "--d-ff", "32", "--batch-size", "16", "--warmup", "10",
+             "--cooldown", "0"]
 TINY = TrainConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32, batch_size=16, warmup=10, steps=10)
 
 

@@ -9,8 +9,8 @@ from torch import nn
 
 from book.data import batch_for_step, date_tokenizer, examples_for, split_dates
 from book.train import (
-    TrainConfig, build_model, exact_match, greedy_decode, label_smoothed_cross_entropy, make_optimizer,
-    noam_rate, train, translate,
+    TrainConfig, build_model, exact_match, greedy_decode, label_smoothed_cross_entropy, learning_rate,
+    make_optimizer, noam_rate, train, translate,
 )
 
 TOKENIZER = date_tokenizer()
@@ -75,7 +75,40 @@ def test_noam_rate_rejects_bad_arguments(step, d_model, warmup):
         noam_rate(step, d_model, warmup)
 
 
-@pytest.mark.parametrize("field, value", [("steps", 0), ("batch_size", -1), ("label_smoothing", 1.0), ("lr_factor", 0)])
+def test_cooldown_is_a_straight_line_to_almost_zero_at_the_last_step():
+    settings = TrainConfig(d_model=64, warmup=400, lr_factor=0.5, steps=2500, cooldown=500)
+    for step in (1, 400, 1000, 2000):  # before the cooldown: the paper's rate
+        assert learning_rate(step, settings, 64) == noam_rate(step, 64, 400, 0.5)
+    assert learning_rate(2001, settings, 64) == pytest.approx(noam_rate(2001, 64, 400, 0.5) * 500 / 501)
+    assert learning_rate(2500, settings, 64) == pytest.approx(noam_rate(2500, 64, 400, 0.5) / 501)
+    rates = [learning_rate(s, settings, 64) for s in range(2000, 2501)]
+    assert all(a > b for a, b in zip(rates, rates[1:]))
+    paper = TrainConfig(steps=2500, cooldown=0)
+    assert learning_rate(2500, paper, 64) == noam_rate(2500, 64, paper.warmup, paper.lr_factor)
+
+
+def test_the_default_run_ties_the_embeddings():
+    model = build_model(TrainConfig(**TINY), TOKENIZER)
+    assert model.generator.weight is model.src_embed.weight is model.tgt_embed.weight
+    untied = build_model(TrainConfig(**TINY, share_embeddings=False), TOKENIZER)
+    saved = sum(p.numel() for p in untied.parameters()) - sum(p.numel() for p in model.parameters())
+    assert saved == 2 * len(TOKENIZER) * TINY["d_model"]
+
+
+def test_train_uses_the_loss_it_is_given():
+    settings = TrainConfig(**TINY, steps=3)
+    seen = []
+
+    def loss_fn(logits, target, smoothing, pad_id):
+        seen.append((tuple(logits.shape[:2]) == tuple(target.shape), smoothing, pad_id))
+        return label_smoothed_cross_entropy(logits, target, smoothing, pad_id)
+
+    model = build_model(settings, TOKENIZER)
+    train(model, make_optimizer(model), batches(settings), settings, progress=False, loss_fn=loss_fn)
+    assert seen == [(True, settings.label_smoothing, TOKENIZER.pad_id)] * 3
+
+
+@pytest.mark.parametrize("field, value", [("cooldown", -1), ("steps", 0), ("batch_size", -1), ("label_smoothing", 1.0), ("lr_factor", 0)])
 def test_train_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
