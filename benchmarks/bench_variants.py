@@ -11,18 +11,21 @@ bench_transformer.py. The variants:
     torch_softmax           chapter 2's softmax -> torch.softmax, fully masked rows set to 0
     softmax_grad            chapter 2's softmax with a hand-written backward, y * (g - sum(g * y))
 
-and four speed tricks chapter 2's attention once used, each put back on its own
-into the plain form the chapter now teaches:
+and the speed tricks chapter 2's attention used before it was rewritten in the
+plain form. The chapter keeps two of them (the additive mask and _broadcast); each
+variant below takes one of those two out, or puts one of the others back:
 
-    reciprocal              the softmax multiplies by the reciprocal of the sum instead of dividing
-    prescaled_queries       the (.., T_q, d_k) queries are divided by sqrt(d_k) instead of the
-                            (.., T_q, T_k) scores
-    additive_mask           a mask of -inf and 0 is added to the scores instead of masked_fill
+    masked_fill             the forbidden scores are overwritten with -inf (masked_fill) instead
+                            of adding a mask of -inf and 0 (kept trick taken out)
     broadcast_shapes        the shape checks call torch.broadcast_shapes instead of attention's
-                            few lines of plain Python (_broadcast); this is the only one of the
-                            four the chapter keeps, so here it is taken out
-    all_three               reciprocal + prescaled_queries + additive_mask: the attention of
-                            chapter 2 before it was rewritten in the plain form
+                            few lines of plain Python, _broadcast (kept trick taken out)
+    reciprocal              the softmax multiplies by the reciprocal of the sum instead of
+                            dividing (dropped trick put back)
+    prescaled_queries       the (.., T_q, d_k) queries are divided by sqrt(d_k) instead of the
+                            (.., T_q, T_k) scores (dropped trick put back)
+    plain                   masked_fill + broadcast_shapes: no trick at all
+    all_four                reciprocal + prescaled_queries, with the two kept: the attention of
+                            chapter 2 before it was rewritten
 
 The weights, batch and optimizer are the same for every variant; only the
 implementation of these operations changes, and with it the speed.
@@ -84,8 +87,8 @@ def reciprocal_softmax(x, dim=-1):
     return exps * exps.sum(dim=dim, keepdim=True).clamp(min=1.0).reciprocal()
 
 
-def _attention_with(prescaled_queries=False, additive_mask=False):
-    """Chapter 2's attention, with either or both of two speed tricks put back."""
+def _attention_with(prescaled_queries=False, masked_fill=False):
+    """Chapter 2's attention with the queries divided instead of the scores, or masked_fill."""
     def attention(query, key, value, mask=None, dropout=None):
         book.attention._check_attention_inputs(query, key, value, mask)
         if prescaled_queries:
@@ -93,10 +96,10 @@ def _attention_with(prescaled_queries=False, additive_mask=False):
         else:
             scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))
         if mask is not None:
-            if additive_mask:
-                scores = scores + torch.zeros_like(mask, dtype=scores.dtype).masked_fill(~mask, float("-inf"))
-            else:
+            if masked_fill:
                 scores = scores.masked_fill(~mask, float("-inf"))
+            else:
+                scores = scores + torch.where(mask, 0.0, float("-inf")).to(scores.dtype)
         weights = book.attention.softmax(scores, dim=-1)
         mixing = weights if dropout is None else dropout(weights)
         return mixing @ value, weights
@@ -116,12 +119,12 @@ VARIANTS = {
     "written_out_layer_norm": {"layer_norm": written_out_layer_norm},
     "torch_softmax": {"softmax": fused_softmax},
     "softmax_grad": {"softmax": softmax_with_grad},
+    "masked_fill": {"attention": _attention_with(masked_fill=True)},
+    "broadcast_shapes": {"broadcast": torch_broadcast},
     "reciprocal": {"softmax": reciprocal_softmax},
     "prescaled_queries": {"attention": _attention_with(prescaled_queries=True)},
-    "additive_mask": {"attention": _attention_with(additive_mask=True)},
-    "broadcast_shapes": {"broadcast": torch_broadcast},
-    "all_three": {"softmax": reciprocal_softmax,
-                  "attention": _attention_with(prescaled_queries=True, additive_mask=True)},
+    "plain": {"attention": _attention_with(masked_fill=True), "broadcast": torch_broadcast},
+    "all_four": {"softmax": reciprocal_softmax, "attention": _attention_with(prescaled_queries=True)},
 }
 
 

@@ -48,7 +48,7 @@ def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
     _check_attention_inputs(query, key, value, mask)
     scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))
     if mask is not None:
-        scores = scores.masked_fill(~mask, float("-inf"))
+        scores = scores + torch.where(mask, 0.0, float("-inf")).to(scores.dtype)
     weights = softmax(scores, dim=-1)
     mixing = weights if dropout is None else dropout(weights)
     return mixing @ value, weights
