@@ -10,11 +10,22 @@ bench_transformer.py. The variants:
                             called F.layer_norm)
     torch_softmax           chapter 2's softmax -> torch.softmax, fully masked rows set to 0
     softmax_grad            chapter 2's softmax with a hand-written backward, y * (g - sum(g * y))
-    masked_fill             chapter 2's attention overwrites the forbidden scores with -inf
-                            (masked_fill) instead of adding a mask of -inf and 0
-    scale_scores            chapter 2's attention divides the (.., T_q, T_k) scores by sqrt(d_k)
-                            instead of the (.., T_q, d_k) queries
-    masked_fill+scale_scores  both, chapter 2's attention as it was before it was made faster
+
+and the speed tricks chapter 2's attention used before it was rewritten in the
+plain form. The chapter keeps two of them (the additive mask and _broadcast); each
+variant below takes one of those two out, or puts one of the others back:
+
+    masked_fill             the forbidden scores are overwritten with -inf (masked_fill) instead
+                            of adding a mask of -inf and 0 (kept trick taken out)
+    broadcast_shapes        the shape checks call torch.broadcast_shapes instead of attention's
+                            few lines of plain Python, _broadcast (kept trick taken out)
+    reciprocal              the softmax multiplies by the reciprocal of the sum instead of
+                            dividing (dropped trick put back)
+    prescaled_queries       the (.., T_q, d_k) queries are divided by sqrt(d_k) instead of the
+                            (.., T_q, T_k) scores (dropped trick put back)
+    plain                   masked_fill + broadcast_shapes: no trick at all
+    all_four                reciprocal + prescaled_queries, with the two kept: the attention of
+                            chapter 2 before it was rewritten
 
 The weights, batch and optimizer are the same for every variant; only the
 implementation of these operations changes, and with it the speed.
@@ -36,6 +47,7 @@ import book.residual
 
 ORIGINAL = {
     "softmax": book.attention.softmax,
+    "broadcast": book.attention._broadcast,
     "layer_norm": book.residual.LayerNorm.forward,
     "attention": book.multi_head.scaled_dot_product_attention,
 }
@@ -67,18 +79,27 @@ def softmax_with_grad(x, dim=-1):
     return _SoftmaxWithGrad.apply(x, dim)
 
 
-def _attention_as_before(mask_by_fill, scale_scores):
-    """Chapter 2's attention, with either or both of its two speed choices undone."""
+def reciprocal_softmax(x, dim=-1):
+    if book.attention._nothing_to_normalise(x, dim):
+        return x.clone()
+    shift = x.amax(dim=dim, keepdim=True).detach()
+    exps = torch.exp(x - shift.clamp(min=torch.finfo(x.dtype).min))
+    return exps * exps.sum(dim=dim, keepdim=True).clamp(min=1.0).reciprocal()
+
+
+def _attention_with(prescaled_queries=False, masked_fill=False):
+    """Chapter 2's attention with the queries divided instead of the scores, or masked_fill."""
     def attention(query, key, value, mask=None, dropout=None):
-        batch = book.attention._broadcast(query.shape[:-2], key.shape[:-2], value.shape[:-2])
-        scale = 1.0 / math.sqrt(query.size(-1))
-        scores = query @ key.transpose(-2, -1) * scale if scale_scores else (query * scale) @ key.transpose(-2, -1)
+        book.attention._check_attention_inputs(query, key, value, mask)
+        if prescaled_queries:
+            scores = (query / math.sqrt(query.size(-1))) @ key.transpose(-2, -1)
+        else:
+            scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))
         if mask is not None:
-            book.attention._check_mask(mask, (*batch, query.size(-2), key.size(-2)))
-            if mask_by_fill:
+            if masked_fill:
                 scores = scores.masked_fill(~mask, float("-inf"))
             else:
-                scores = scores + torch.zeros_like(mask, dtype=scores.dtype).masked_fill(~mask, float("-inf"))
+                scores = scores + torch.where(mask, 0.0, float("-inf")).to(scores.dtype)
         weights = book.attention.softmax(scores, dim=-1)
         mixing = weights if dropout is None else dropout(weights)
         return mixing @ value, weights
@@ -86,14 +107,24 @@ def _attention_as_before(mask_by_fill, scale_scores):
     return attention
 
 
+def torch_broadcast(*shapes):
+    try:
+        return tuple(torch.broadcast_shapes(*shapes))
+    except RuntimeError:
+        return None
+
+
 VARIANTS = {
     "as written": {},
     "written_out_layer_norm": {"layer_norm": written_out_layer_norm},
     "torch_softmax": {"softmax": fused_softmax},
     "softmax_grad": {"softmax": softmax_with_grad},
-    "masked_fill": {"attention": _attention_as_before(mask_by_fill=True, scale_scores=False)},
-    "scale_scores": {"attention": _attention_as_before(mask_by_fill=False, scale_scores=True)},
-    "masked_fill+scale_scores": {"attention": _attention_as_before(mask_by_fill=True, scale_scores=True)},
+    "masked_fill": {"attention": _attention_with(masked_fill=True)},
+    "broadcast_shapes": {"broadcast": torch_broadcast},
+    "reciprocal": {"softmax": reciprocal_softmax},
+    "prescaled_queries": {"attention": _attention_with(prescaled_queries=True)},
+    "plain": {"attention": _attention_with(masked_fill=True), "broadcast": torch_broadcast},
+    "all_four": {"softmax": reciprocal_softmax, "attention": _attention_with(prescaled_queries=True)},
 }
 
 
@@ -102,12 +133,15 @@ def swapped(changes):
     book.attention.softmax = changes.get("softmax", ORIGINAL["softmax"])
     book.residual.LayerNorm.forward = changes.get("layer_norm", ORIGINAL["layer_norm"])
     book.multi_head.scaled_dot_product_attention = changes.get("attention", ORIGINAL["attention"])
+    # Attention's checks and multi-head attention's mask check both call _broadcast.
+    book.attention._broadcast = book.multi_head._broadcast = changes.get("broadcast", ORIGINAL["broadcast"])
     try:
         yield
     finally:
         book.attention.softmax = ORIGINAL["softmax"]
         book.residual.LayerNorm.forward = ORIGINAL["layer_norm"]
         book.multi_head.scaled_dot_product_attention = ORIGINAL["attention"]
+        book.attention._broadcast = book.multi_head._broadcast = ORIGINAL["broadcast"]
 
 
 def main(argv=None):
@@ -115,7 +149,10 @@ def main(argv=None):
     bench.add_size_arguments(parser)
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS),
+                        help="time only these variants (default: all)")
     args = bench.parse_sizes(parser, argv)
+    variants = {name: VARIANTS[name] for name in VARIANTS if name in args.variants or name == "as written"}
 
     ours, reference = bench.build_models(args)
     batch = bench.make_batch(args, torch.Generator().manual_seed(args.seed))
@@ -126,13 +163,13 @@ def main(argv=None):
     ours.eval()
     with torch.no_grad():
         expected = ours(batch[0], batch[1])
-        for name, changes in VARIANTS.items():
+        for name, changes in variants.items():
             with swapped(changes):
                 difference = (ours(batch[0], batch[1]) - expected).abs().max().item()
             assert difference < 1e-4, f"variant {name} changes the output by {difference}"
     ours.train()
 
-    runs = {name: (lambda changes=changes: _run_swapped(changes, ours_step)) for name, changes in VARIANTS.items()}
+    runs = {name: (lambda changes=changes: _run_swapped(changes, ours_step)) for name, changes in variants.items()}
     runs["torch.nn.Transformer"] = torch_step
     for run in runs.values():
         run()

@@ -14,58 +14,23 @@ def softmax(x, dim=-1):
     """Numerically stable softmax along ``dim``; equals ``torch.softmax``.
 
     x: a floating-point tensor of any shape. Returns a tensor of the same shape
-    whose entries along ``dim`` are >= 0 and sum to 1.
-
-    Subtracting the maximum first keeps every exponent <= 0, so ``exp`` cannot
-    overflow. A slice that is entirely ``-inf`` (a query with no key it may
-    attend to) becomes all zeros instead of NaN, and so does its gradient.
+    whose entries along ``dim`` are >= 0 and sum to 1. A slice that is entirely
+    ``-inf`` (a query with no key it may attend to) becomes all zeros instead of
+    NaN, and so does its gradient.
     """
+    if _nothing_to_normalise(x, dim):
+        return x.clone()
+    shift = x.amax(dim=dim, keepdim=True).detach()
+    exps = torch.exp(x - shift.clamp(min=torch.finfo(x.dtype).min))
+    return exps / exps.sum(dim=dim, keepdim=True).clamp(min=1.0)
+
+
+def _nothing_to_normalise(x, dim):
+    """Raise ValueError unless ``x`` is a floating-point tensor; True if its axis ``dim`` is empty."""
     if not torch.is_tensor(x) or not x.is_floating_point():
         kind = x.dtype if torch.is_tensor(x) else type(x).__name__
         raise ValueError(f"softmax expects a floating-point tensor, got {kind}")
-    if x.size(dim) == 0:
-        return torch.exp(x)  # nothing to normalise: an empty tensor of the same shape
-    # An all -inf slice would be shifted by -inf, giving -inf - (-inf) = NaN; any
-    # other slice has a maximum >= the lowest finite number, so the clamp keeps it.
-    shift = x.amax(dim=dim, keepdim=True).detach().clamp(min=torch.finfo(x.dtype).min)
-    exps = torch.exp(x - shift)
-    # The maximum contributes exp(0) = 1, so only an all -inf slice sums to less
-    # than 1 (to 0): dividing its zeros by 1 keeps the values and the gradient at 0.
-    total = exps.sum(dim=dim, keepdim=True).clamp(min=1.0)
-    # One reciprocal per slice and a product: cheaper than a division of every
-    # entry, forward and backward.
-    return exps * total.reciprocal()
-
-
-def _shape(tensor):
-    return tuple(tensor.shape)
-
-
-def _broadcast(*shapes):
-    """The shape that ``shapes`` broadcast to, by NumPy's rules, or None if they do not.
-
-    Answers as torch.broadcast_shapes does, which is written for symbolic shapes
-    too and costs far more per call than these few lines, on every attention call.
-    """
-    width = max(map(len, shapes))
-    result = []
-    for sizes in zip(*((1,) * (width - len(shape)) + tuple(shape) for shape in shapes)):
-        larger = set(sizes) - {1}
-        if len(larger) > 1:
-            return None
-        result.append(larger.pop() if larger else 1)
-    return tuple(result)
-
-
-def _check_mask(mask, scores_shape):
-    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
-        dtype = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise ValueError(f"mask must be a bool tensor (True = may attend), got {dtype}")
-    if _broadcast(_shape(mask), scores_shape) != scores_shape:
-        raise ValueError(
-            f"mask of shape {_shape(mask)} does not broadcast to the attention scores "
-            f"of shape {scores_shape} (..., T_q, T_k)"
-        )
+    return x.size(dim) == 0
 
 
 def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
@@ -80,6 +45,34 @@ def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
     Returns (output, weights): output (..., T_q, d_v), weights (..., T_q, T_k).
     A query with no allowed key gets zero weights and a zero output.
     """
+    _check_attention_inputs(query, key, value, mask)
+    scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))
+    if mask is not None:
+        scores = scores + torch.where(mask, 0.0, float("-inf")).to(scores.dtype)
+    weights = softmax(scores, dim=-1)
+    mixing = weights if dropout is None else dropout(weights)
+    return mixing @ value, weights
+
+
+def _shape(tensor):
+    return tuple(tensor.shape)
+
+
+def _broadcast(*shapes):
+    """The shape that ``shapes`` broadcast to, by NumPy's rules, or None if they do not."""
+    width = max(map(len, shapes))
+    result = []
+    for sizes in zip(*((1,) * (width - len(shape)) + tuple(shape) for shape in shapes)):
+        larger = set(sizes) - {1}
+        if len(larger) > 1:
+            return None
+        result.append(larger.pop() if larger else 1)
+    return tuple(result)
+
+
+def _check_attention_inputs(query, key, value, mask):
+    """Raise ValueError, naming the shapes, unless query (..., T_q, d_k), key (..., T_k, d_k),
+    value (..., T_k, d_v) and the bool mask (broadcastable to (..., T_q, T_k)) fit together."""
     if query.dim() < 2 or key.dim() < 2 or value.dim() < 2:
         raise ValueError(
             f"query, key and value need at least 2 dimensions (..., T, d), got shapes "
@@ -107,33 +100,44 @@ def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
             f"batch dimensions of query {_shape(query)}, key {_shape(key)} and "
             f"value {_shape(value)} do not broadcast"
         )
-    # Q K^T / sqrt(d_k) = (Q / sqrt(d_k)) K^T: dividing the (T_q, d_k) queries costs
-    # less than dividing the (T_q, T_k) scores when there are more keys than d_k.
-    scores = (query / math.sqrt(query.size(-1))) @ key.transpose(-2, -1)
     if mask is not None:
         _check_mask(mask, (*batch, query.size(-2), key.size(-2)))
-        # -inf where the mask forbids a key, 0 where it allows one. Adding it, instead of
-        # overwriting the forbidden scores, lets the backward pass hand the gradient of the
-        # scores through unchanged, which saves a pass over them.
-        scores = scores + torch.zeros_like(mask, dtype=scores.dtype).masked_fill(~mask, float("-inf"))
-    weights = softmax(scores, dim=-1)
-    mixing = weights if dropout is None else dropout(weights)
-    return mixing @ value, weights
+
+
+def _check_mask(mask, scores_shape):
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        dtype = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise ValueError(f"mask must be a bool tensor (True = may attend), got {dtype}")
+    if _broadcast(_shape(mask), scores_shape) != scores_shape:
+        raise ValueError(
+            f"mask of shape {_shape(mask)} does not broadcast to the attention scores "
+            f"of shape {scores_shape} (..., T_q, T_k)"
+        )
 
 
 def padding_mask(tokens, pad_id):
     """Bool (B, 1, T), True where ``tokens`` (B, T) is not ``pad_id``."""
+    _check_tokens(tokens)
+    return (tokens != pad_id).unsqueeze(1)
+
+
+def _check_tokens(tokens):
     if tokens.dim() != 2:
         raise ValueError(f"tokens must be (batch, length), got shape {_shape(tokens)}")
-    return (tokens != pad_id).unsqueeze(1)
 
 
 def causal_mask(size, device=None):
     """Bool (size, size), True on and below the diagonal: position i may attend to j <= i."""
+    size = _mask_size(size)
+    return torch.ones(size, size, dtype=torch.bool, device=device).tril()
+
+
+def _mask_size(size):
+    """``size`` as an int >= 1, or ValueError naming it."""
     try:
         size = operator.index(size)
     except TypeError:
         raise ValueError(f"causal mask size must be an integer, got {size!r}") from None
     if size < 1:
         raise ValueError(f"causal mask size must be >= 1, got {size}")
-    return torch.ones(size, size, dtype=torch.bool, device=device).tril()
+    return size
