@@ -236,3 +236,37 @@ def test_reader_view_checks_can_fail():
         code("y = softmax(x)  # the frequency-domain view"),
     ]}
     assert machinery_seen_by_readers(good) == [] and unresolved_equation_labels(good) == []
+
+
+# Targets a reference can point at: a figure's or glued figure's `name`, a `(label)=` line, a `:label:` option,
+# an equation's `$$ ... $$ (label)`. Sphinx resolves them over the whole book, so one name used twice is ambiguous.
+TARGET_LINE = re.compile(r"^\((?P<a>[\w-]+)\)=\s*$|^:(?:label|name): *(?P<b>[\w-]+)\s*$|\$\$\s*\((?P<c>[\w-]+)\)", re.M)
+
+
+def reference_targets(nb):
+    """[label] of every reference target a notebook defines."""
+    found = []
+    for cell in nb["cells"]:
+        figure = cell.get("metadata", {}).get("mystnb", {}).get("figure", {})
+        if figure.get("name"):
+            found.append(figure["name"])
+        if cell["cell_type"] == "markdown":
+            found += [m.group("a") or m.group("b") or m.group("c") for m in TARGET_LINE.finditer(source(cell))]
+    return found
+
+
+def test_reference_targets_are_unique_across_the_book():
+    owners = {}
+    for path in CHAPTERS:
+        for label in reference_targets(load(path)):
+            owners.setdefault(label, []).append(path.name)
+    twice = {label: names for label, names in owners.items() if len(names) > 1}
+    assert not twice, f"labels defined more than once: {twice}"
+
+
+def test_reference_target_check_can_fail():
+    nb = {"cells": [
+        {"cell_type": "code", "metadata": {"mystnb": {"figure": {"name": "fig-a"}}}, "source": ""},
+        {"cell_type": "markdown", "metadata": {}, "source": "(sec-b)=\n# B\n```{figure} x.png\n:name: fig-c\n```\n$$ y $$ (eq-d)"},
+    ]}
+    assert reference_targets(nb) == ["fig-a", "sec-b", "fig-c", "eq-d"]
