@@ -20,11 +20,11 @@ class TrainConfig:
     dropout: float = 0.0
     share_embeddings: bool = True
     batch_size: int = 128
-    warmup: int = 400
+    warmup: int = 300
     lr_factor: float = 0.5
-    cooldown: int = 500
+    cooldown: int = 400
     label_smoothing: float = 0.1
-    steps: int = 2500
+    steps: int = 1500
     eval_every: int = 250
     seed: int = 0
 
