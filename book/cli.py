@@ -5,6 +5,7 @@ Usage::
     python -m book train --out date-model.pt [--seed S] [--steps N]
     python -m book translate date-model.pt "25 November 2026"     # prints 2026-11-25
     python -m book translate date-model.pt < dates.txt             # one answer per line
+    python -m book translate date-model.pt --beam 4 "25 November 2026"   # beam search (chapter 9)
 
 ``train`` uses the chapter's defaults (``book.train.TrainConfig``: tied embeddings, the paper's
 schedule with a cooldown over the last steps), shows a progress bar on
@@ -27,6 +28,7 @@ import torch
 from tqdm import tqdm
 
 from book.data import CharTokenizer, batch_for_step, date_tokenizer, examples_for, split_dates
+from book.decoding import translate_beam
 from book.train import TrainConfig, build_model, exact_match, make_optimizer, new_history, train, translate
 from book.transformer import Transformer, TransformerConfig
 
@@ -247,6 +249,9 @@ def _problem(text, tokenizer):
 
 
 def cmd_translate(args):
+    if args.beam < 1:
+        _say(f"error: --beam must be an integer >= 1, got {args.beam}")
+        return 2
     state = load_checkpoint(args.checkpoint)
     model, tokenizer, _ = model_from_checkpoint(state, args.checkpoint)
     model.eval()
@@ -255,7 +260,10 @@ def cmd_translate(args):
 
     def flush():
         texts = [text.strip() for _, text, problem in chunk if problem is None]
-        answers = iter(translate(model, tokenizer, texts)) if texts else iter(())
+        if args.beam > 1:  # beam search with K hypotheses per date (chapter 9)
+            answers = iter(translate_beam(model, tokenizer, texts, beam_size=args.beam)) if texts else iter(())
+        else:
+            answers = iter(translate(model, tokenizer, texts)) if texts else iter(())
         for label, text, problem in chunk:
             if problem is None:
                 print(next(answers))
@@ -299,11 +307,19 @@ def build_parser():
     r = commands.add_parser("translate", help="read dates, write them as YYYY-MM-DD")
     r.add_argument("checkpoint", help="a file written by 'python -m book train'")
     r.add_argument("text", nargs="*", help="dates to read; without any, one date per line from stdin")
+    r.add_argument("--beam", type=int, default=1, metavar="K",
+                   help="beam search with K hypotheses per date (default 1: greedy decoding)")
     return parser
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse gives the texts before an option (translate ckpt --beam 4 "date") back as extra.
+    if extra and args.command == "translate" and not any(e.startswith("-") for e in extra):
+        args.text += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "train" and args.save_every < 1:
         _say(f"error: --save-every must be >= 1, got {args.save_every}")
         return 2
