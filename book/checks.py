@@ -185,7 +185,7 @@ def check_overfit(model, src, tgt, steps=100, lr=1e-2):
 
     src: (B, S), tgt: (B, T) with T >= 2: the copy reads tgt[:, :-1] and must predict tgt[:, 1:]
     (padding excluded) for ``steps`` Adam steps, dropout off. Passes if the loss fell below a
-    tenth of where it started. The model itself is not touched.
+    quarter of where it started (the accuracy is reported). The model itself is not touched.
     """
     pad_id = _check_inputs(model, src, tgt, "check_overfit", min_length=2)
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
@@ -207,7 +207,7 @@ def check_overfit(model, src, tgt, steps=100, lr=1e-2):
     real = tgt_out != pad_id
     accuracy = (logits.argmax(-1) == tgt_out)[real].float().mean().item()
     last = loss.item()
-    passed = math.isfinite(last) and last < first / 10
+    passed = math.isfinite(last) and last < first / 4
     return CheckResult("overfit one batch", passed, f"after {step} steps the loss went from {first:.3g} to "
                                                     f"{last:.3g}, {100 * accuracy:.0f}% of the tokens right")
 
