@@ -1,0 +1,168 @@
+"""book.checks: every check passes on the book's Transformer, catches the bug it is made for, and refuses bad input."""
+import math
+
+import pytest
+import torch
+
+from book.attention import padding_mask, scaled_dot_product_attention
+from book.checks import (CheckResult, check_attention, check_batch_independence, check_causal, check_components,
+                         check_gradients, check_masked_rows, check_overfit, check_padding, run_checks)
+from book.multi_head import MultiHeadAttention
+from book.residual import LayerNorm
+from book.transformer import Transformer, TransformerConfig
+
+V = 13
+
+
+def tiny(cls=Transformer, dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    return cls(TransformerConfig(src_vocab_size=V, tgt_vocab_size=V, d_model=16, num_heads=2, num_layers=1, d_ff=32,
+                                 dropout=dropout, max_len=32))
+
+
+def data():
+    g = torch.Generator().manual_seed(1)
+    src, tgt = torch.randint(1, V, (3, 7), generator=g), torch.randint(1, V, (3, 6), generator=g)
+    src[1, 4:] = 0
+    tgt[2, 4:] = 0
+    return src, tgt
+
+
+def with_attention(model, cls):
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            module.__class__ = cls
+    return model
+
+
+class LeakyMask(Transformer):
+    def decode(self, tgt, memory, src_mask=None, tgt_mask=None):
+        ahead = torch.ones(tgt.size(1), tgt.size(1), dtype=torch.bool).tril(1)
+        return super().decode(tgt, memory, src_mask, padding_mask(tgt, self.config.pad_id) & ahead)
+
+
+class QueryMask(Transformer):
+    def encode(self, src, src_mask=None):
+        return super().encode(src, (src != self.config.pad_id).unsqueeze(2))
+
+
+class Detached(Transformer):
+    def encode(self, src, src_mask=None):
+        return super().encode(src, src_mask).detach()
+
+
+class BatchMean(Transformer):
+    def forward(self, src, tgt):
+        logits = super().forward(src, tgt)
+        return logits + logits.mean(dim=0, keepdim=True)
+
+
+class NaNRows(MultiHeadAttention):
+    def forward(self, query, key, value, mask=None):
+        q, k, v = (self.q_proj(query), self.k_proj(key), self.v_proj(value))
+        scores = q @ k.transpose(-2, -1) / math.sqrt(q.size(-1))
+        if mask is not None:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        return self.out_proj(torch.softmax(scores, dim=-1) @ v)  # a single head, with NaN for an empty row
+
+
+class WrongScale(MultiHeadAttention):
+    def forward(self, query, key, value, mask=None):
+        return 1.5 * super().forward(query, key, value, mask)
+
+
+class UnbiasedNorm(LayerNorm):
+    def forward(self, x):
+        mean, std = x.mean(-1, keepdim=True), x.std(-1, keepdim=True)
+        return self.weight * (x - mean) / (std + self.eps) + self.bias
+
+
+class Constant(torch.nn.Module):
+    """Ignores its input: it cannot learn a batch by heart."""
+    def __init__(self):
+        super().__init__()
+        self.config = TransformerConfig(src_vocab_size=V, tgt_vocab_size=V, d_model=16, num_heads=2)
+        self.bias = torch.nn.Parameter(torch.zeros(V))
+
+    def forward(self, src, tgt):
+        return self.bias.expand(*tgt.shape, V)
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_every_check_passes_on_the_transformer_and_restores_the_mode(training):
+    model = tiny(dropout=0.3).train(training)
+    src, tgt = data()
+    results = run_checks(model, src, tgt)
+    assert len(results) >= 4 and all(isinstance(r, CheckResult) for r in results)
+    assert {"causal", "padding", "batch independence", "gradients"} <= {r.name for r in results}
+    assert all(r.passed for r in results), [str(r) for r in results if not r.passed]
+    assert check_overfit(model, src, tgt).passed
+    assert all(m.training == training for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_mixed_modes_are_restored():
+    model = tiny(dropout=0.3).train()
+    model.encoder_layers.eval()
+    check_causal(model, *data())
+    assert model.training and not model.encoder_layers[0].training and model.decoder_layers[0].training
+
+
+@pytest.mark.parametrize("cls, check", [
+    (LeakyMask, check_causal), (QueryMask, check_padding), (Detached, check_gradients),
+    (BatchMean, check_batch_independence), (Constant, check_overfit),
+])
+def test_each_bug_is_caught_by_its_check(cls, check):
+    model = Constant() if cls is Constant else tiny(cls)
+    result = check(model, *data())
+    assert not result.passed and result.detail
+
+
+def test_masked_rows_catch_a_softmax_that_returns_nan():
+    result = check_masked_rows(with_attention(tiny(), NaNRows), *data())
+    assert not result.passed and "NaN" in result.detail
+
+
+@pytest.mark.parametrize("planted", ["attention", "norm"])
+def test_components_catch_a_wrong_layer(planted):
+    model = tiny()
+    for module in model.modules():
+        if planted == "attention" and isinstance(module, MultiHeadAttention):
+            module.__class__ = WrongScale
+        if planted == "norm" and isinstance(module, LayerNorm):
+            module.__class__ = UnbiasedNorm
+    assert check_components(model).passed is False
+    assert check_components(tiny()).passed
+
+
+def test_check_attention_against_torch():
+    assert check_attention(scaled_dot_product_attention).passed
+    assert not check_attention(lambda q, k, v, mask: scaled_dot_product_attention(q * 2, k, v, mask)).passed
+
+
+def test_nan_logits_never_pass():
+    class AllNaN(Transformer):
+        def forward(self, src, tgt):
+            return super().forward(src, tgt) * float("nan")
+    model = tiny(AllNaN)
+    for check in (check_causal, check_padding, check_batch_independence, check_masked_rows):
+        assert not check(model, *data()).passed
+
+
+class NoPad(torch.nn.Module):
+    def forward(self, src, tgt):
+        return torch.zeros(*tgt.shape, V)
+
+
+@pytest.mark.parametrize("check", [check_causal, check_padding, check_batch_independence, check_gradients,
+                                   check_masked_rows, check_overfit, run_checks])
+def test_bad_input_raises_value_error_naming_it(check):
+    src, tgt = data()
+    with pytest.raises(ValueError, match="pad_id"):
+        check(NoPad(), src, tgt)
+    with pytest.raises(ValueError, match="tgt"):
+        check(tiny(), src, tgt[0])
+    with pytest.raises(ValueError, match="batch"):
+        check(tiny(), src, tgt[:2])
+    with pytest.raises(ValueError, match="src"):
+        check(tiny(), src.float(), tgt)
