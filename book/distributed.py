@@ -36,6 +36,25 @@ def _check_device_name(name):
         raise ValueError(f"device 'cuda' asked for, but {why}; use 'cpu' or 'auto'")
 
 
+def batch_slice(dates, tokenizer, batch_size, seed, step, rank=0, world_size=1, device=None):
+    """Process ``rank``'s rows of training batch ``step``: rows rank*b to (rank+1)*b - 1, b = batch_size / world_size.
+
+    The global batch is batch_for_step's (the same examples in the same order), so the N slices
+    together are exactly the batch one process would train on. Returns a Batch on ``device``.
+    """
+    b = local_batch_size(batch_size, world_size)
+    examples = sample_examples(dates, batch_size, seed, step)
+    return make_batch(examples[rank * b:(rank + 1) * b], tokenizer, device)
+
+
+def local_batch_size(batch_size, world_size):
+    """batch_size / world_size, the rows each process trains on; ValueError when it is not whole."""
+    if batch_size % world_size:
+        raise ValueError(f"the global batch of {batch_size} examples does not split into {world_size} equal "
+                         f"parts, one per process; use a batch size divisible by {world_size}")
+    return batch_size // world_size
+
+
 @dataclass(frozen=True)
 class Processes:
     """Where this process stands: rank in 0..world_size-1, its rank on this machine, its device."""
@@ -80,25 +99,6 @@ def finish():
         dist.destroy_process_group()
 
 
-def batch_slice(dates, tokenizer, batch_size, seed, step, rank=0, world_size=1, device=None):
-    """Process ``rank``'s rows of training batch ``step``: rows rank*b to (rank+1)*b - 1, b = batch_size / world_size.
-
-    The global batch is batch_for_step's (the same examples in the same order), so the N slices
-    together are exactly the batch one process would train on. Returns a Batch on ``device``.
-    """
-    b = local_batch_size(batch_size, world_size)
-    examples = sample_examples(dates, batch_size, seed, step)
-    return make_batch(examples[rank * b:(rank + 1) * b], tokenizer, device)
-
-
-def local_batch_size(batch_size, world_size):
-    """batch_size / world_size, the rows each process trains on; ValueError when it is not whole."""
-    if batch_size % world_size:
-        raise ValueError(f"the global batch of {batch_size} examples does not split into {world_size} equal "
-                         f"parts, one per process; use a batch size divisible by {world_size}")
-    return batch_size // world_size
-
-
 class DistributedTransformer(DistributedDataParallel):
     """DistributedDataParallel around a Transformer; ``config`` is the model's, as train_step expects."""
 
@@ -127,5 +127,3 @@ def any_process(flag, processes):
     vote = torch.tensor([int(flag)], device=processes.device)
     dist.all_reduce(vote, op=dist.ReduceOp.MAX)
     return bool(vote.item())
-
-
