@@ -1,7 +1,9 @@
 """book.distributed and the command line under torchrun: devices, batch slices, DDP equal to one process."""
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -166,3 +168,26 @@ def test_train_and_translate_on_cuda(tmp_path):
         read = subprocess.run([sys.executable, "-m", "book", "translate", str(out), "--device", "cuda", "--beam", beam,
                                "25 November 2026"], capture_output=True, text=True, timeout=120, env=ENV)
         assert read.returncode == 0, read.stderr
+
+
+def test_ctrl_c_under_torchrun_saves_once_and_resumes(tmp_path):
+    out = tmp_path / "model.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "book",
+               "train", "--out", str(out), "--steps", "100000", *TINY_ARGS]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the processes train: the first periodic save
+        time.sleep(0.5)
+        if out.exists() or proc.poll() is not None:
+            break
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C does to torchrun, which passes it on to every process
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert err.count("saved step") == 1, err  # rank 0 alone saved, after the step every process stopped at
+    step = torch.load(out, weights_only=True)["step"]
+    assert 200 <= step < 100000
+    result = book_train(out, "--steps", step + 2, "--quiet", processes=2)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {out} from step {step}" in result.stderr
+    assert torch.load(out, weights_only=True)["step"] == step + 2
