@@ -2,7 +2,8 @@
 
 Usage::
 
-    python -m book train --out date-model.pt [--seed S] [--steps N]
+    python -m book train --out date-model.pt [--seed S] [--steps N] [--device auto|cpu|cuda]
+    torchrun --nproc-per-node N -m book train --out date-model.pt ...   # N processes (chapter 12)
     python -m book translate date-model.pt "25 November 2026"     # prints 2026-11-25
     python -m book translate date-model.pt < dates.txt             # one answer per line
     python -m book translate date-model.pt --beam 4 "25 November 2026"   # beam search (chapter 9)
@@ -12,6 +13,12 @@ schedule with a cooldown over the last steps), shows a progress bar on
 stderr and saves a checkpoint every ``--save-every`` steps and at the end. Ctrl-C stops after
 the current step and saves; running the same command again resumes from the checkpoint and
 ends with the same weights as a run that was never interrupted.
+
+Under torchrun every process trains on 1/N of each global batch and DistributedDataParallel
+averages the gradients (``book.distributed``); only rank 0 prints and writes the checkpoint, a
+Ctrl-C stops every process after the same step, and the result equals the one-process run to
+rounding. ``--device cuda`` where there is no CUDA, or a batch that does not split into N
+equal parts, is one line on stderr and exit status 2.
 
 Exit status: 0 success; 1 some input could not be read (each such line gets an empty output
 line and a message on stderr); 2 bad arguments or an unreadable checkpoint; 130 interrupted.
@@ -27,8 +34,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from book.data import CharTokenizer, batch_for_step, date_tokenizer, examples_for, split_dates
+from book.data import CharTokenizer, date_tokenizer, examples_for, split_dates
 from book.decoding import translate_beam
+from book.distributed import any_process, batch_slice, finish, local_batch_size, pick_device, start, wrap
 from book.train import TrainConfig, build_model, exact_match, make_optimizer, new_history, train, translate
 from book.transformer import Transformer, TransformerConfig
 
@@ -83,15 +91,15 @@ def save_checkpoint(path, model, optimizer, tokenizer, settings, step, history):
         raise
 
 
-def load_checkpoint(path):
-    """Read and check a checkpoint written by save_checkpoint; raises CheckpointError."""
+def load_checkpoint(path, device="cpu"):
+    """Read and check a checkpoint written by save_checkpoint, its tensors on ``device``; raises CheckpointError."""
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"{path}: no such file")
     if path.is_dir():
         raise CheckpointError(f"{path}: is a directory, not a checkpoint")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
     except OSError as exc:
         raise CheckpointError(f"{path}: cannot read it ({_one_line(exc)})") from None
     except Exception as exc:  # truncated zip, foreign pickle, plain text, ...
@@ -112,12 +120,12 @@ def load_checkpoint(path):
     return state
 
 
-def model_from_checkpoint(state, path="checkpoint"):
-    """(model, tokenizer, settings) rebuilt from a loaded checkpoint; raises CheckpointError."""
+def model_from_checkpoint(state, path="checkpoint", device=None):
+    """(model, tokenizer, settings) rebuilt from a loaded checkpoint, the model on ``device``; raises CheckpointError."""
     try:
         tokenizer = CharTokenizer(state["alphabet"])
         settings = TrainConfig(**state["settings"])
-        model = Transformer(TransformerConfig(**state["model_config"]))
+        model = Transformer(TransformerConfig(**state["model_config"])).to(device)
         model.load_state_dict(state["model"])
     except (TypeError, ValueError, RuntimeError, KeyError) as exc:
         raise CheckpointError(f"{path}: damaged checkpoint ({_one_line(exc)})") from None
@@ -128,6 +136,16 @@ def model_from_checkpoint(state, path="checkpoint"):
 
 def _say(message):
     print(message, file=sys.stderr, flush=True)
+
+
+def _main_process():
+    """True unless this is a process of rank > 0 under torchrun (only rank 0 speaks)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _say_once(message):
+    if _main_process():
+        _say(message)
 
 
 def _requested_settings(args):
@@ -141,85 +159,113 @@ def _requested_settings(args):
 def cmd_train(args):
     out = Path(args.out)
     if not out.parent.is_dir():
-        _say(f"error: the directory of {out} does not exist")
+        _say_once(f"error: the directory of {out} does not exist")
         return 2
+    try:
+        processes = start(args.device)  # one process, or one of torchrun's N
+    except ValueError as exc:
+        _say_once(f"error: {_one_line(exc)}")
+        return 2
+    try:
+        return _train(args, out, processes)
+    finally:
+        finish()
+
+
+def _train(args, out, processes):
+    say = _say if processes.is_main else (lambda message: None)
+    device = processes.device
     requested = _requested_settings(args)
     if out.exists():
-        state = load_checkpoint(out)  # a foreign file is never overwritten: CheckpointError
-        model, tokenizer, settings = model_from_checkpoint(state, out)
+        state = load_checkpoint(out, device)  # a foreign file is never overwritten: CheckpointError
+        model, tokenizer, settings = model_from_checkpoint(state, out, device)
         clashes = [f"{name}={value} (checkpoint has {getattr(settings, name)})"
                    for name, value in requested.items() if getattr(settings, name) != value]
         if clashes:
-            _say(f"error: {out} was trained with other settings: {', '.join(clashes)}; "
+            say(f"error: {out} was trained with other settings: {', '.join(clashes)}; "
                  f"use another --out to start a new run")
             return 2
         if args.steps is not None:
             try:
                 settings = dataclasses.replace(settings, steps=args.steps)
             except ValueError as exc:
-                _say(f"error: {_one_line(exc)}")
+                say(f"error: {_one_line(exc)}")
                 return 2
         optimizer = make_optimizer(model)
         try:
             optimizer.load_state_dict(state["optimizer"])
         except (ValueError, KeyError, RuntimeError) as exc:
             raise CheckpointError(f"{out}: damaged optimizer state ({_one_line(exc)})") from None
-        torch.set_rng_state(state["rng_state"])
+        torch.set_rng_state(state["rng_state"].cpu())
         start, history = state["step"], state["history"]
         if start >= settings.steps:
-            _say(f"{out} is already trained to step {start} (asked for {settings.steps}); nothing to do")
+            say(f"{out} is already trained to step {start} (asked for {settings.steps}); nothing to do")
             return 0
-        _say(f"resuming {out} from step {start} of {settings.steps}")
+        news = f"resuming {out} from step {start} of {settings.steps}"
     else:
         try:
             settings = TrainConfig(**requested, **({"steps": args.steps} if args.steps is not None else {}))
             tokenizer = date_tokenizer()
-            model = build_model(settings, tokenizer)
+            model = build_model(settings, tokenizer, device)
         except ValueError as exc:
-            _say(f"error: {_one_line(exc)}")
+            say(f"error: {_one_line(exc)}")
             return 2
         optimizer = make_optimizer(model)
         start, history = 0, new_history()
-        _say(f"training a new model, {settings.steps} steps, seed {settings.seed}; saving to {out}")
-
+        news = f"training a new model, {settings.steps} steps, seed {settings.seed}; saving to {out}"
+    try:
+        local_batch_size(settings.batch_size, processes.world_size)
+    except ValueError as exc:
+        say(f"error: {_one_line(exc)}")
+        return 2
+    say(news)
+    if processes.world_size > 1:
+        say(f"{processes.world_size} processes on {device.type}, "
+            f"{settings.batch_size // processes.world_size} examples each of every batch of {settings.batch_size}")
     split = split_dates()
     valid = examples_for(split.valid)
     interrupted = False
+    trained = wrap(model, processes)  # DistributedDataParallel under torchrun, else the model itself
 
     def on_interrupt(signum, frame):
         nonlocal interrupted
         if interrupted:  # a second Ctrl-C: stop at once, keep the last saved checkpoint
             raise KeyboardInterrupt
         interrupted = True
-        tqdm.write("interrupted: finishing this step, then saving (Ctrl-C again to quit without saving)",
-                   file=sys.stderr)
+        if processes.is_main:
+            tqdm.write("interrupted: finishing this step, then saving (Ctrl-C again to quit without saving)",
+                       file=sys.stderr)
 
     def after_step(step, history):
-        if interrupted:
+        if any_process(interrupted, processes):  # every process stops after the same step
             return True
-        if step % args.save_every == 0 and step < settings.steps:
+        if processes.is_main and step % args.save_every == 0 and step < settings.steps:
             save_checkpoint(out, model, optimizer, tokenizer, settings, step, history)
         return False
 
     previous_handler = signal.signal(signal.SIGINT, on_interrupt)
     try:
         history = train(
-            model, optimizer,
-            lambda step: batch_for_step(split.train, tokenizer, settings.batch_size, settings.seed, step),
+            trained, optimizer,
+            lambda step: batch_slice(split.train, tokenizer, settings.batch_size, settings.seed, step,
+                                     processes.rank, processes.world_size, device),
             settings, start_step=start, history=history,
-            validate=lambda m: exact_match(m, tokenizer, valid)[0], after_step=after_step,
-            progress=not args.quiet,
+            validate=(lambda _: exact_match(model, tokenizer, valid)[0]) if processes.is_main else None,
+            after_step=after_step, progress=processes.is_main and not args.quiet,
         )
         step = history["step"][-1] if history["step"] else start
-        save_checkpoint(out, model, optimizer, tokenizer, settings, step, history)  # still under our handler: Ctrl-C cannot cut it short
+        if processes.is_main:  # still under our handler: Ctrl-C cannot cut it short
+            save_checkpoint(out, model, optimizer, tokenizer, settings, step, history)
     except KeyboardInterrupt:
-        _say(f"stopped without saving; {out} holds the last periodic save, if any")
+        say(f"stopped without saving; {out} holds the last periodic save, if any")
         return 130
     finally:
         signal.signal(signal.SIGINT, previous_handler)
-    if interrupted and step < settings.steps:
-        _say(f"saved step {step} of {settings.steps} to {out}; run the same command again to resume")
+    if step < settings.steps:  # stopped early: a Ctrl-C here or in another process
+        say(f"saved step {step} of {settings.steps} to {out}; run the same command again to resume")
         return 130
+    if not processes.is_main:
+        return 0
     accuracy, _ = exact_match(model, tokenizer, examples_for(split.test))
     print(f"trained {step} steps; exact match on {len(split.test)} test dates: {100 * accuracy:.2f}%; saved to {out}")
     return 0
@@ -252,8 +298,13 @@ def cmd_translate(args):
     if args.beam < 1:
         _say(f"error: --beam must be an integer >= 1, got {args.beam}")
         return 2
-    state = load_checkpoint(args.checkpoint)
-    model, tokenizer, _ = model_from_checkpoint(state, args.checkpoint)
+    try:
+        device = pick_device(args.device)
+    except ValueError as exc:
+        _say(f"error: {_one_line(exc)}")
+        return 2
+    state = load_checkpoint(args.checkpoint, device)
+    model, tokenizer, _ = model_from_checkpoint(state, args.checkpoint, device)
     model.eval()
     failed = False
     chunk = []
@@ -296,6 +347,8 @@ def build_parser():
     t.add_argument("--steps", type=int, help=f"total number of steps (default {TrainConfig.steps})")
     t.add_argument("--save-every", type=int, default=200, help="save a checkpoint every N steps (default 200)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where to train: auto (the default) takes the GPU when PyTorch sees one (CUDA)")
     size = t.add_argument_group("model, batch and schedule (defaults: the chapter's settings)")
     notes = {"cooldown": "steps at the end over which the learning rate falls towards 0; 0 keeps the paper's "
                          "schedule. A resumed run with a larger --steps moves the cooldown to the new end"}
@@ -309,6 +362,8 @@ def build_parser():
     r.add_argument("text", nargs="*", help="dates to read; without any, one date per line from stdin")
     r.add_argument("--beam", type=int, default=1, metavar="K",
                    help="beam search with K hypotheses per date (default 1: greedy decoding)")
+    r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
+                   help="where the model runs (default cpu; auto takes the GPU when PyTorch sees one)")
     return parser
 
 

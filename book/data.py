@@ -159,13 +159,14 @@ class CharTokenizer:
                 chars.append(self.alphabet[i - len(self.SPECIALS)])
         return "".join(chars)
 
-    def encode_batch(self, texts, start=False, end=True):
-        """A list of B texts -> a LongTensor (B, T) padded with pad_id to the longest."""
+    def encode_batch(self, texts, start=False, end=True, device=None):
+        """A list of B texts -> a LongTensor (B, T) padded with pad_id to the longest, on ``device``."""
         rows = [self.encode(text, start, end) for text in texts]
         if not rows:
             raise ValueError("encode_batch needs at least one text, got none")
         longest = max(map(len, rows))
-        return torch.tensor([row + [self.pad_id] * (longest - len(row)) for row in rows], dtype=torch.long)
+        return torch.tensor([row + [self.pad_id] * (longest - len(row)) for row in rows], dtype=torch.long,
+                            device=device)
 
     def decode_batch(self, ids):
         """ids (B, T) -> a list of B texts."""
@@ -196,16 +197,16 @@ class Batch:
     tgt_mask: torch.Tensor
 
 
-def make_batch(examples, tokenizer):
-    """A list of Examples (or (source, target) pairs) -> a padded Batch with its masks."""
-    src = tokenizer.encode_batch([ex[0] for ex in examples])
-    tgt = tokenizer.encode_batch([ex[1] for ex in examples], start=True, end=True)
+def make_batch(examples, tokenizer, device=None):
+    """A list of Examples (or (source, target) pairs) -> a padded Batch with its masks, on ``device``."""
+    src = tokenizer.encode_batch([ex[0] for ex in examples], device=device)
+    tgt = tokenizer.encode_batch([ex[1] for ex in examples], start=True, end=True, device=device)
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # teacher forcing: read up to t, predict t + 1
     src_mask = padding_mask(src, tokenizer.pad_id)
-    tgt_mask = padding_mask(tgt_in, tokenizer.pad_id) & causal_mask(tgt_in.size(1))
+    tgt_mask = padding_mask(tgt_in, tokenizer.pad_id) & causal_mask(tgt_in.size(1), src.device)
     return Batch(src, tgt_in, tgt_out, src_mask, tgt_mask)
 
 
-def batch_for_step(dates, tokenizer, batch_size, seed, step):
+def batch_for_step(dates, tokenizer, batch_size, seed, step, device=None):
     """Training batch number ``step`` of a run with ``seed``: ``batch_size`` random Examples from ``dates``."""
-    return make_batch(sample_examples(dates, batch_size, seed, step), tokenizer)
+    return make_batch(sample_examples(dates, batch_size, seed, step), tokenizer, device)

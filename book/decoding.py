@@ -263,9 +263,9 @@ def sequence_log_prob(model, src, ids, start_id, end_id):
 
 def translate_beam(model, tokenizer, texts, beam_size=4, length_penalty=0.6, batch_size=500, max_len=16):
     """Read a list of texts with beam search, return the model's answer for each, as strings."""
-    answers = []
+    answers, device = [], next(model.parameters()).device
     for first in range(0, len(texts), batch_size):
-        src = tokenizer.encode_batch(texts[first:first + batch_size])
+        src = tokenizer.encode_batch(texts[first:first + batch_size], device=device)
         ids, _ = beam_search(model, src, max_len, tokenizer.start_id, tokenizer.end_id, beam_size, length_penalty)
         answers.extend(tokenizer.decode_batch(ids))
     return answers

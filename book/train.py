@@ -41,8 +41,12 @@ class TrainConfig:
             raise ValueError(f"lr_factor must be positive, got {self.lr_factor!r}")
 
 
-def build_model(settings, tokenizer):
-    """A Transformer sized by ``settings`` whose vocabularies are the tokenizer's, seeded by settings.seed."""
+def build_model(settings, tokenizer, device=None):
+    """A Transformer sized by ``settings`` whose vocabularies are the tokenizer's, seeded by settings.seed.
+
+    The weights are drawn on the CPU and then moved to ``device``, so every device starts from the
+    same numbers.
+    """
     torch.manual_seed(settings.seed)
     config = TransformerConfig(
         src_vocab_size=len(tokenizer), tgt_vocab_size=len(tokenizer), d_model=settings.d_model,
@@ -50,7 +54,7 @@ def build_model(settings, tokenizer):
         dropout=settings.dropout, max_len=128, pad_id=tokenizer.pad_id,
         share_embeddings=settings.share_embeddings,
     )
-    return Transformer(config)
+    return Transformer(config).to(device)
 
 
 def make_optimizer(model):
@@ -114,8 +118,7 @@ def train_step(model, optimizer, batch, step, settings, loss_fn=None):
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, settings, model.config.d_model)
     model.train()
-    memory = model.encode(batch.src, batch.src_mask)
-    logits = model.decode(batch.tgt_in, memory, batch.src_mask, batch.tgt_mask)
+    logits = model(batch.src, batch.tgt_in)  # encode, then decode, with the batch's masks
     loss = loss_fn(logits, batch.tgt_out, settings.label_smoothing, model.config.pad_id)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -188,9 +191,9 @@ def greedy_decode(model, src, max_len, start_id, end_id):
 
 def translate(model, tokenizer, texts, batch_size=500, max_len=16):
     """Read a list of texts, return the model's answer for each, as strings."""
-    answers = []
+    answers, device = [], next(model.parameters()).device
     for first in range(0, len(texts), batch_size):
-        src = tokenizer.encode_batch(texts[first:first + batch_size])
+        src = tokenizer.encode_batch(texts[first:first + batch_size], device=device)
         ids = greedy_decode(model, src, max_len, tokenizer.start_id, tokenizer.end_id)
         answers.extend(tokenizer.decode_batch(ids))
     return answers

@@ -1,0 +1,129 @@
+# Generated from chapters/12_scaling_out.ipynb by tools/export.py: edit the notebook, not this file.
+"""Beyond one process: devices, and data parallelism with torch.distributed (chapter 12).
+
+Under ``torchrun --nproc-per-node N`` every process runs the same program. ``start`` joins the
+process group torchrun describes in the environment (gloo on CPUs, nccl on GPUs); each process
+trains on its 1/N slice of every global batch (``batch_slice``), and ``wrap`` puts the model in
+DistributedDataParallel, which averages the gradients of all processes before every update, so
+that all N copies of the model stay equal to the one a single process would train.
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from book.data import make_batch, sample_examples
+
+
+def pick_device(name="auto"):
+    """'auto' -> the GPU when PyTorch sees one (CUDA), else the CPU; 'cpu' or 'cuda' as asked.
+
+    Returns a torch.device; asking for CUDA where there is none raises ValueError.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    _check_device_name(name)
+    return torch.device(name)
+
+
+def _check_device_name(name):
+    if name not in ("cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        why = "this PyTorch is built without CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+        raise ValueError(f"device 'cuda' asked for, but {why}; use 'cpu' or 'auto'")
+
+
+def batch_slice(dates, tokenizer, batch_size, seed, step, rank=0, world_size=1, device=None):
+    """Process ``rank``'s rows of training batch ``step``: rows rank*b to (rank+1)*b - 1, b = batch_size / world_size.
+
+    The global batch is batch_for_step's (the same examples in the same order), so the N slices
+    together are exactly the batch one process would train on. Returns a Batch on ``device``.
+    """
+    b = local_batch_size(batch_size, world_size)
+    examples = sample_examples(dates, batch_size, seed, step)
+    return make_batch(examples[rank * b:(rank + 1) * b], tokenizer, device)
+
+
+def local_batch_size(batch_size, world_size):
+    """batch_size / world_size, the rows each process trains on; ValueError when it is not whole."""
+    if batch_size % world_size:
+        raise ValueError(f"the global batch of {batch_size} examples does not split into {world_size} equal "
+                         f"parts, one per process; use a batch size divisible by {world_size}")
+    return batch_size // world_size
+
+
+@dataclass(frozen=True)
+class Processes:
+    """Where this process stands: rank in 0..world_size-1, its rank on this machine, its device."""
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self):
+        """Rank 0 alone prints progress and writes checkpoints."""
+        return self.rank == 0
+
+
+def launched():
+    """True in a process started by torchrun, which describes the group in environment variables."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
+
+
+def start(device="auto"):
+    """Join the group of processes torchrun started, or stand alone; returns this process's Processes.
+
+    Under torchrun each process on a machine with GPUs takes the GPU of its local rank and the
+    group talks through nccl; on CPUs through gloo. Without torchrun: one process, rank 0.
+    """
+    device = pick_device(device)
+    if not launched():
+        return Processes(rank=0, world_size=1, local_rank=0, device=device)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if device.type == "cuda":
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    # init_method env:// reads MASTER_ADDR, MASTER_PORT, RANK and WORLD_SIZE, all set by torchrun.
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Processes(rank, world_size, local_rank, device)
+
+
+def finish():
+    """Leave the process group, if this process joined one."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+class DistributedTransformer(DistributedDataParallel):
+    """DistributedDataParallel around a Transformer; ``config`` is the model's, as train_step expects."""
+
+    @property
+    def config(self):
+        return self.module.config
+
+
+def wrap(model, processes):
+    """The model itself for one process; in a group, the model inside DistributedDataParallel.
+
+    The model must already be on processes.device. DDP copies rank 0's weights to every process
+    once, then averages the gradients across the group during each backward pass. The positional
+    table is a constant buffer, so there is nothing to re-broadcast before each forward.
+    """
+    if not dist.is_initialized():
+        return model
+    device_ids = [processes.device.index] if processes.device.type == "cuda" else None
+    return DistributedTransformer(model, device_ids=device_ids, forward_sync_buffers=False)
+
+
+def any_process(flag, processes):
+    """True on every process as soon as ``flag`` is True on one: a Ctrl-C stops all at the same step."""
+    if not dist.is_initialized():
+        return bool(flag)
+    vote = torch.tensor([int(flag)], device=processes.device)
+    dist.all_reduce(vote, op=dist.ReduceOp.MAX)
+    return bool(vote.item())

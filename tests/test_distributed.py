@@ -1,0 +1,193 @@
+"""book.distributed and the command line under torchrun: devices, batch slices, DDP equal to one process."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from book import cli
+from book.data import batch_for_step, date_tokenizer, make_batch, split_dates
+from book.distributed import batch_slice, local_batch_size, pick_device
+from book.train import TrainConfig, build_model, translate
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER = date_tokenizer()
+SPLIT = split_dates()
+TINY_ARGS = ["--d-model", "16", "--heads", "2", "--layers", "1", "--d-ff", "32", "--batch-size", "16",
+             "--warmup", "3", "--cooldown", "0", "--quiet"]
+# The subprocesses import this checkout's book (installed or not) and use one thread each.
+ENV = dict(os.environ, OMP_NUM_THREADS="1",
+           PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
+ENV.pop("WORLD_SIZE", None)
+ENV.pop("RANK", None)
+
+# Weights that 1 and 2 processes train to, 4 steps: measured max difference 1.4e-06 (CPU, gloo).
+WEIGHT_TOLERANCE = 1e-5
+LOGIT_TOLERANCE = 1e-4
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
+
+
+def book_train(out, *args, processes=1, timeout=240):
+    if processes == 1:
+        command = [sys.executable, "-m", "book"]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
+                   "-m", "book"]
+    return subprocess.run([*command, "train", "--out", str(out), *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env=ENV, cwd=out.parent)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """The same 4 steps of a tiny model, trained by one process and by two."""
+    one = tmp_path_factory.mktemp("one") / "model.pt"
+    two = tmp_path_factory.mktemp("two") / "model.pt"
+    results = {n: book_train(path, "--steps", 4, *TINY_ARGS, processes=n) for n, path in ((1, one), (2, two))}
+    for result in results.values():
+        assert result.returncode == 0, result.stderr
+    return one, two, results
+
+
+def test_two_processes_train_the_weights_of_one(runs):
+    one, two, _ = runs
+    a, b = (torch.load(path, weights_only=True)["model"] for path in (one, two))
+    assert a.keys() == b.keys()
+    # A key bias adds the same number to every score of a query, which the softmax ignores: its true
+    # gradient is 0, so Adam turns rounding noise into steps of the learning rate's size in either run.
+    # It changes no output (the logits below); every other weight must agree.
+    differences = {name: (a[name] - b[name]).abs().max().item() for name in a if not name.endswith("k_proj.bias")}
+    assert max(differences.values()) < WEIGHT_TOLERANCE, differences
+    model_a, _, _ = cli.model_from_checkpoint(torch.load(one, weights_only=True))
+    model_b, _, _ = cli.model_from_checkpoint(torch.load(two, weights_only=True))
+    batch = batch_for_step(SPLIT.valid, TOKENIZER, 32, seed=1, step=1)
+    with torch.no_grad():
+        logits_a, logits_b = (m.eval()(batch.src, batch.tgt_in) for m in (model_a, model_b))
+    assert (logits_a - logits_b).abs().max().item() < LOGIT_TOLERANCE
+
+
+def test_only_rank_0_speaks_and_writes(runs):
+    _, two, results = runs
+    assert [p.name for p in two.parent.iterdir()] == ["model.pt"]  # one checkpoint, no temporary files
+    err = results[2].stderr
+    assert err.count("training a new model") == 1
+    assert "2 processes on cpu, 8 examples each of every batch of 16" in err
+    assert results[2].stdout.count("trained 4 steps") == 1
+    assert torch.load(two, weights_only=True)["step"] == 4
+
+
+def test_resume_under_torchrun_continues_the_run(runs, tmp_path):
+    one, two, _ = runs
+    # Continue the 2-process run to 6 steps; train 6 steps in one process from scratch.
+    resumed = two.parent / "resumed.pt"
+    resumed.write_bytes(two.read_bytes())
+    result = book_train(resumed, "--steps", 6, "--quiet", processes=2)
+    assert result.returncode == 0, result.stderr
+    assert "resuming" in result.stderr
+    straight = book_train(tmp_path / "straight.pt", "--steps", 6, *TINY_ARGS)
+    assert straight.returncode == 0, straight.stderr
+    a = torch.load(resumed, weights_only=True)["model"]
+    b = torch.load(tmp_path / "straight.pt", weights_only=True)["model"]
+    assert max((a[k] - b[k]).abs().max().item() for k in a if not k.endswith("k_proj.bias")) < WEIGHT_TOLERANCE
+
+
+def test_a_batch_that_does_not_split_is_one_clear_line(tmp_path):
+    args = [a if a != "16" or i != TINY_ARGS.index("--batch-size") + 1 else "15" for i, a in enumerate(TINY_ARGS)]
+    result = book_train(tmp_path / "model.pt", "--steps", 2, *args, processes=2)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1, result.stderr
+    assert "15" in ours[0] and "2 equal parts" in ours[0]
+    assert not (tmp_path / "model.pt").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_device_cuda_without_cuda_is_one_line_and_exit_2(tmp_path, capsys):
+    assert cli.main(["train", "--out", str(tmp_path / "m.pt"), "--device", "cuda", "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cuda" in err[0] and err[0].startswith("error:")
+    assert not (tmp_path / "m.pt").exists()
+    with pytest.raises(ValueError, match="cuda"):
+        pick_device("cuda")
+
+
+def test_pick_device():
+    assert pick_device("cpu") == torch.device("cpu")
+    assert pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(ValueError, match="'tpu'"):
+        pick_device("tpu")
+
+
+def test_the_slices_of_a_batch_are_the_batch():
+    whole = batch_for_step(SPLIT.train, TOKENIZER, 12, seed=3, step=7)
+    parts = [batch_slice(SPLIT.train, TOKENIZER, 12, 3, 7, rank, 3) for rank in range(3)]
+    assert [text for p in parts for text in TOKENIZER.decode_batch(p.src)] == TOKENIZER.decode_batch(whole.src)
+    assert torch.equal(torch.cat([p.tgt_out for p in parts]), whole.tgt_out)
+    one = batch_slice(SPLIT.train, TOKENIZER, 12, 3, 7)
+    assert torch.equal(one.src, whole.src) and torch.equal(one.tgt_mask, whole.tgt_mask)
+
+
+def test_local_batch_size_names_both_numbers():
+    assert local_batch_size(128, 4) == 32
+    with pytest.raises(ValueError, match=r"128 examples does not split into 3 equal parts"):
+        local_batch_size(128, 3)
+
+
+def test_batches_and_models_land_on_the_device_asked_for():
+    # The meta device holds shapes only: a cheap stand-in for a GPU to check where tensors go.
+    batch = make_batch([("25 Nov 2026", "2026-11-25"), ("1.1.2000", "2000-01-01")], TOKENIZER, device="meta")
+    assert {t.device.type for t in vars(batch).values()} == {"meta"}
+    assert batch_slice(SPLIT.train, TOKENIZER, 4, 0, 1, 1, 2, device="meta").src_mask.is_meta
+    model = build_model(TrainConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32), TOKENIZER, device="meta")
+    assert all(t.is_meta for t in [*model.parameters(), *model.buffers()])
+
+
+def test_translate_feeds_the_model_on_its_device(monkeypatch):
+    model = build_model(TrainConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32), TOKENIZER, device="meta")
+    seen = []
+
+    def fake_decode(model, src, max_len, start_id, end_id):
+        seen.append(src.device.type)
+        return torch.full((src.size(0), 1), end_id)
+
+    monkeypatch.setattr("book.train.greedy_decode", fake_decode)
+    assert translate(model, TOKENIZER, ["25 Nov 2026"]) == [""]
+    assert seen == ["meta"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_train_and_translate_on_cuda(tmp_path):
+    out = tmp_path / "model.pt"
+    result = book_train(out, "--steps", 3, "--device", "cuda", *TINY_ARGS)
+    assert result.returncode == 0, result.stderr
+    for beam in ("1", "3"):
+        read = subprocess.run([sys.executable, "-m", "book", "translate", str(out), "--device", "cuda", "--beam", beam,
+                               "25 November 2026"], capture_output=True, text=True, timeout=120, env=ENV)
+        assert read.returncode == 0, read.stderr
+
+
+def test_ctrl_c_under_torchrun_saves_once_and_resumes(tmp_path):
+    out = tmp_path / "model.pt"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m", "book",
+               "train", "--out", str(out), "--steps", "100000", *TINY_ARGS]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            cwd=tmp_path)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:  # wait until the processes train: the first periodic save
+        time.sleep(0.5)
+        if out.exists() or proc.poll() is not None:
+            break
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C does to torchrun, which passes it on to every process
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode != 0
+    assert err.count("saved step") == 1, err  # rank 0 alone saved, after the step every process stopped at
+    step = torch.load(out, weights_only=True)["step"]
+    assert 200 <= step < 100000
+    result = book_train(out, "--steps", step + 2, "--quiet", processes=2)
+    assert result.returncode == 0, result.stderr
+    assert f"resuming {out} from step {step}" in result.stderr
+    assert torch.load(out, weights_only=True)["step"] == step + 2
