@@ -338,3 +338,20 @@ def test_glued_float_check_can_fail():
     nb = {"cells": [glued("0.978105902671814"), glued("0.9781"), glued("'1,500'"), glued("12"),
                     glued("0.123456789", tags=["nbval-ignore-output"]), glued("9.50327594182454e-05")]}
     assert unrounded_glued_floats(nb) == [(0, "x", "0.978105902671814"), (5, "x", "9.50327594182454e-05")]
+
+
+def test_references_bib_parses():
+    # A merge once left an entry without its closing brace; the book build then failed.
+    from pybtex.database import parse_file
+
+    assert len(parse_file(str(ROOT / "references.bib")).entries) > 0
+
+
+def test_broken_bib_fails_to_parse(tmp_path):
+    from pybtex.database import parse_file
+    from pybtex.scanner import PybtexSyntaxError
+
+    broken = tmp_path / "broken.bib"
+    broken.write_text("@misc{a,\n  title = {x},\n  year = {2023}\n@misc{b,\n  title = {y}\n}\n")
+    with pytest.raises(PybtexSyntaxError):
+        parse_file(str(broken))
