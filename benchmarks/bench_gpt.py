@@ -14,18 +14,17 @@ import statistics
 import time
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from book.data import batch_for_step, date_tokenizer, examples_for, split_dates
 from book.gpt import GPT, GPTConfig, GPTTranslator, generate
 from book.train import TrainConfig, build_model, make_optimizer, train_step
 
+import bench_transformer as bench  # its count_flops; run from the repository root, as every benchmark
+
 
 def forward_flops(model, batch):
-    counter = FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model(batch.src, batch.tgt_in)
-    return counter.get_total_flops()
+    with torch.no_grad():
+        return bench.count_flops(lambda: model(batch.src, batch.tgt_in))
 
 
 def main():

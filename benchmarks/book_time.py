@@ -10,22 +10,13 @@ machine is slower), and whether each chapter stays within 4 minutes and the book
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
-import nbformat
-from nbclient import NotebookClient
-
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tools"))
+from execute import run  # noqa: E402  (the same fresh-kernel execution as tools/execute.py, without writing back)
+
 CHAPTER_BUDGET, BOOK_BUDGET = 4 * 60, 12 * 60
-
-
-def run(path):
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=900, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}})
-    started = time.perf_counter()
-    client.execute()
-    return time.perf_counter() - started
 
 
 def main(argv=None):
@@ -37,7 +28,7 @@ def main(argv=None):
     print(f"{'chapter':28} {'seconds':>8}  load before/after  within 4 min")
     for path in paths:
         before = os.getloadavg()[0]
-        seconds = run(path)
+        _, seconds = run(path, timeout=900)
         total += seconds
         print(f"{path.stem:28} {seconds:8.1f}  {before:5.2f} / {os.getloadavg()[0]:5.2f}     "
               f"{'yes' if seconds <= CHAPTER_BUDGET else 'NO'}", flush=True)

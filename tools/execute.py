@@ -23,7 +23,8 @@ sys.path.insert(0, str(ROOT / "tools"))
 import export  # noqa: E402
 
 
-def execute(path, timeout):
+def run(path, timeout):
+    """Execute the notebook at ``path`` in a fresh kernel; return it, with its outputs, and the seconds taken."""
     nb = nbformat.read(path, as_version=4)
     client = NotebookClient(
         nb,
@@ -34,7 +35,11 @@ def execute(path, timeout):
     )
     start = time.perf_counter()
     client.execute()
-    seconds = time.perf_counter() - start
+    return nb, time.perf_counter() - start
+
+
+def execute(path, timeout):
+    nb, seconds = run(path, timeout)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         nbformat.write(nb, f)
