@@ -189,18 +189,23 @@ def greedy_decode(model, src, max_len, start_id, end_id):
     return out[:, 1:]
 
 
-def translate(model, tokenizer, texts, batch_size=500, max_len=16):
-    """Read a list of texts, return the model's answer for each, as strings."""
+def translate(model, tokenizer, texts, batch_size=500, max_len=16, decode=None):
+    """Read a list of texts, return the model's answer for each, as strings.
+
+    decode(model, src, max_len, start_id, end_id) -> ids writes the answers: greedy_decode unless
+    given; later chapters pass their own (chapter 9's cached one, chapter 11's for a decoder-only model).
+    """
+    decode = greedy_decode if decode is None else decode
     answers, device = [], next(model.parameters()).device
     for first in range(0, len(texts), batch_size):
         src = tokenizer.encode_batch(texts[first:first + batch_size], device=device)
-        ids = greedy_decode(model, src, max_len, tokenizer.start_id, tokenizer.end_id)
+        ids = decode(model, src, max_len, tokenizer.start_id, tokenizer.end_id)
         answers.extend(tokenizer.decode_batch(ids))
     return answers
 
 
-def exact_match(model, tokenizer, examples):
+def exact_match(model, tokenizer, examples, decode=None):
     """Share of Examples whose answer equals the target exactly, and the answers themselves."""
-    answers = translate(model, tokenizer, [ex.source for ex in examples])
+    answers = translate(model, tokenizer, [ex.source for ex in examples], decode=decode)
     correct = sum(answer == ex.target for answer, ex in zip(answers, examples))
     return correct / len(examples), answers

@@ -227,3 +227,24 @@ def test_translate_and_exact_match_return_one_answer_per_input():
     examples = examples_for(SPLIT.valid[:7])
     score, answers = exact_match(model, TOKENIZER, examples)
     assert len(answers) == 7 and score == sum(a == ex.target for a, ex in zip(answers, examples)) / 7
+
+
+def test_translate_and_exact_match_use_the_decoder_they_are_given():
+    """decode= replaces greedy decoding: a decoder that always writes the target's ids scores 100%."""
+    model = build_model(TrainConfig(**TINY), TOKENIZER)
+    examples = examples_for(SPLIT.valid[:5])
+    calls = []
+
+    def oracle(model_, src, max_len, start_id, end_id):
+        calls.append((model_, src.shape, max_len, start_id, end_id))
+        sources = TOKENIZER.decode_batch(src)
+        answers = [next(ex.target for ex in examples if ex.source == s) for s in sources]
+        return TOKENIZER.encode_batch(answers)  # ids and end token, in greedy_decode's format
+
+    assert translate(model, TOKENIZER, [ex.source for ex in examples], batch_size=2, decode=oracle) == \
+        [ex.target for ex in examples]
+    assert [shape[0] for _, shape, *_ in calls] == [2, 2, 1]
+    assert all(m is model and tuple(rest) == (16, TOKENIZER.start_id, TOKENIZER.end_id) for m, _, *rest in calls)
+    assert exact_match(model, TOKENIZER, examples, decode=oracle)[0] == 1.0
+    # without decode= the untrained model's greedy answers are not the targets
+    assert exact_match(model, TOKENIZER, examples)[0] < 1.0
