@@ -1,0 +1,65 @@
+"""Chapter 11's GPT trained with chapter 8's whole budget: what the chapter's 300-update comparison leaves out.
+
+    python benchmarks/gpt_full_budget.py [--seed 0] [--threads N]
+
+Builds the comparison's GPTTranslator (chapter 8's width, as many layers as its encoder and decoder
+together) and trains it with chapter 8's default run, book.train.TrainConfig(): 1,500 updates of 128
+dates, its schedule, cooldown and label smoothing. Prints the validation exact match every 250
+updates, the training time, and the exact match on the 3,000 test dates with the wrong answers by
+format. Also prints the share of the positions in the training batches that are real tokens, not
+padding. Chapter 8's encoder-decoder with the same run: `python -m book train --out M.pt --seed S`.
+"""
+import argparse
+import time
+
+import torch
+
+from book.data import FORMATS, batch_for_step, date_tokenizer, examples_for, split_dates
+from book.gpt import GPT, GPTConfig, GPTTranslator, generate
+from book.train import TrainConfig, exact_match, make_optimizer, train
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch.set_num_threads(N)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    tokenizer, split = date_tokenizer(), split_dates()
+    settings = TrainConfig(seed=args.seed)
+    torch.manual_seed(settings.seed)
+    model = GPTTranslator(GPT(GPTConfig(
+        vocab_size=len(tokenizer), d_model=settings.d_model, num_heads=settings.num_heads,
+        num_layers=2 * settings.num_layers, d_ff=settings.d_ff, dropout=0.0, max_len=64, pad_id=tokenizer.pad_id)))
+
+    def next_batch(step):
+        return batch_for_step(split.train, tokenizer, settings.batch_size, settings.seed, step)
+
+    real = total = 0
+    for step in range(1, settings.steps + 1):
+        batch = next_batch(step)
+        row = torch.cat([batch.src, batch.tgt_in], dim=1)
+        real, total = real + (row != tokenizer.pad_id).sum().item(), total + row.numel()
+
+    valid, test = examples_for(split.valid), examples_for(split.test)
+    started = time.perf_counter()
+    history = train(model, make_optimizer(model), next_batch, settings, progress=False,
+                    validate=lambda m: exact_match(m, tokenizer, valid, decode=generate)[0])
+    seconds = time.perf_counter() - started
+    accuracy, answers = exact_match(model, tokenizer, test, decode=generate)
+    wrong = {fmt: sum(a != ex.target for a, ex in zip(answers, test) if ex.format == fmt) for fmt in FORMATS}
+
+    print(f"GPT, seed {settings.seed}, {torch.get_num_threads()} threads: {settings.steps} updates of "
+          f"{settings.batch_size} in {seconds:.0f} s ({settings.steps / seconds:.1f} per second, validations included)")
+    print(f"real tokens: {100 * real / total:.1f}% of the positions in the training batches")
+    print("validation exact match:", ", ".join(f"{step}: {100 * acc:.1f}%" for step, acc in
+                                                zip(history["valid_step"], history["valid_accuracy"])))
+    print(f"test exact match: {100 * accuracy:.2f}% ({len(test) - round(accuracy * len(test))} wrong of {len(test)})")
+    for fmt, n in wrong.items():
+        if n:
+            print(f"  wrong, {fmt}: {n}")
+
+
+if __name__ == "__main__":
+    main()
