@@ -22,6 +22,14 @@ from book.train import TrainConfig, build_model, make_optimizer, train_step
 import bench_transformer as bench  # its count_flops; run from the repository root, as every benchmark
 
 
+def comparison_gpt(settings, tokenizer):
+    """Chapter 11's comparison GPT for ``settings``: its width, as many layers as its two stacks, seeded."""
+    torch.manual_seed(settings.seed)
+    return GPTTranslator(GPT(GPTConfig(
+        vocab_size=len(tokenizer), d_model=settings.d_model, num_heads=settings.num_heads,
+        num_layers=2 * settings.num_layers, d_ff=settings.d_ff, dropout=0.0, max_len=64, pad_id=tokenizer.pad_id)))
+
+
 def forward_flops(model, batch):
     with torch.no_grad():
         return bench.count_flops(lambda: model(batch.src, batch.tgt_in))
@@ -41,10 +49,7 @@ def main():
     tokenizer, split = date_tokenizer(), split_dates()
     settings = TrainConfig()
     models = {"encoder-decoder": build_model(settings, tokenizer)}
-    torch.manual_seed(settings.seed)
-    models["decoder-only"] = GPTTranslator(GPT(GPTConfig(
-        vocab_size=len(tokenizer), d_model=settings.d_model, num_heads=settings.num_heads,
-        num_layers=2 * settings.num_layers, d_ff=settings.d_ff, dropout=0.0, max_len=64, pad_id=tokenizer.pad_id)))
+    models["decoder-only"] = comparison_gpt(settings, tokenizer)
     optimizers = {name: make_optimizer(model) for name, model in models.items()}
     batches = [batch_for_step(split.train, tokenizer, settings.batch_size, settings.seed, step)
                for step in range(1, args.steps + 1)]

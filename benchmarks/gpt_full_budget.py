@@ -15,8 +15,10 @@ import time
 import torch
 
 from book.data import FORMATS, batch_for_step, date_tokenizer, examples_for, split_dates
-from book.gpt import GPT, GPTConfig, GPTTranslator, generate
+from book.gpt import generate
 from book.train import TrainConfig, exact_match, make_optimizer, train
+
+from bench_gpt import comparison_gpt  # run from the repository root, as every benchmark
 
 
 def main():
@@ -28,19 +30,15 @@ def main():
         torch.set_num_threads(args.threads)
     tokenizer, split = date_tokenizer(), split_dates()
     settings = TrainConfig(seed=args.seed)
-    torch.manual_seed(settings.seed)
-    model = GPTTranslator(GPT(GPTConfig(
-        vocab_size=len(tokenizer), d_model=settings.d_model, num_heads=settings.num_heads,
-        num_layers=2 * settings.num_layers, d_ff=settings.d_ff, dropout=0.0, max_len=64, pad_id=tokenizer.pad_id)))
+    model = comparison_gpt(settings, tokenizer)
+    positions = {"real": 0, "all": 0}  # counted as training draws the batches
 
     def next_batch(step):
-        return batch_for_step(split.train, tokenizer, settings.batch_size, settings.seed, step)
-
-    real = total = 0
-    for step in range(1, settings.steps + 1):
-        batch = next_batch(step)
+        batch = batch_for_step(split.train, tokenizer, settings.batch_size, settings.seed, step)
         row = torch.cat([batch.src, batch.tgt_in], dim=1)
-        real, total = real + (row != tokenizer.pad_id).sum().item(), total + row.numel()
+        positions["real"] += (row != tokenizer.pad_id).sum().item()
+        positions["all"] += row.numel()
+        return batch
 
     valid, test = examples_for(split.valid), examples_for(split.test)
     started = time.perf_counter()
@@ -52,7 +50,7 @@ def main():
 
     print(f"GPT, seed {settings.seed}, {torch.get_num_threads()} threads: {settings.steps} updates of "
           f"{settings.batch_size} in {seconds:.0f} s ({settings.steps / seconds:.1f} per second, validations included)")
-    print(f"real tokens: {100 * real / total:.1f}% of the positions in the training batches")
+    print(f"real tokens: {100 * positions['real'] / positions['all']:.1f}% of the positions in the training batches")
     print("validation exact match:", ", ".join(f"{step}: {100 * acc:.1f}%" for step, acc in
                                                 zip(history["valid_step"], history["valid_accuracy"])))
     print(f"test exact match: {100 * accuracy:.2f}% ({len(test) - round(accuracy * len(test))} wrong of {len(test)})")
