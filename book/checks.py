@@ -63,8 +63,12 @@ def check_padding(model, src, tgt, extra=2):
     pad_id = _check_inputs(model, src, tgt, "check_padding")
     with _evaluating(model), torch.no_grad():
         logits = model(src, tgt)
-        changes = {"source": _change(model(_pad(src, pad_id, extra), tgt), logits),
-                   "target": _change(model(src, _pad(tgt, pad_id, extra))[:, :tgt.size(1)], logits)}
+        try:
+            changes = {"source": _change(model(_pad(src, pad_id, extra), tgt), logits),
+                       "target": _change(model(src, _pad(tgt, pad_id, extra))[:, :tgt.size(1)], logits)}
+        except ValueError as error:  # for instance a max_len that the longer rows exceed
+            raise ValueError(f"check_padding appends {extra} padding tokens to src {_shape(src)} and to tgt "
+                             f"{_shape(tgt)}, and the model refuses the longer rows: {error}") from error
     moved = {side: change for side, change in changes.items() if change > TOLERANCE}
     if not moved:
         return CheckResult("padding", True, f"no logit moved by more than {TOLERANCE:g} with {extra} padding "
@@ -94,10 +98,11 @@ def check_batch_independence(model, src, tgt):
 def check_gradients(model, src, tgt):
     """Every parameter gets a finite gradient that is not all zeros, from a loss on the logits.
 
-    src: (B, S), tgt: (B, T). The loss is a fixed random weighting of every logit, so every
-    parameter that shapes the output has to receive some gradient.
+    src: (B, S), tgt: (B, T), some row of each with two or more non-padding tokens. The loss is a
+    fixed random weighting of every logit, so every parameter that shapes the output has to
+    receive some gradient.
     """
-    _check_inputs(model, src, tgt, "check_gradients")
+    _check_inputs(model, src, tgt, "check_gradients", min_real=2)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not named:
         return CheckResult("gradients", False, "the model has no trainable parameters")
@@ -214,7 +219,7 @@ def check_overfit(model, src, tgt, steps=100, lr=1e-2):
 
 def run_checks(model, src, tgt):
     """The model checks in order of cost: a list of CheckResult (check_overfit, which trains, is not among them)."""
-    _check_inputs(model, src, tgt, "run_checks", min_length=2, min_batch=2)
+    _check_inputs(model, src, tgt, "run_checks", min_length=2, min_batch=2, min_real=2)
     return [check(model, src, tgt) for check in (check_causal, check_padding, check_batch_independence,
                                                   check_masked_rows, check_gradients)] + [check_components(model)]
 
@@ -251,7 +256,7 @@ def _shape(x):
     return tuple(x.shape) if torch.is_tensor(x) else type(x).__name__
 
 
-def _check_inputs(model, src, tgt, check, min_length=1, min_batch=1):
+def _check_inputs(model, src, tgt, check, min_length=1, min_batch=1, min_real=1):
     """Raise ValueError naming what is missing or wrong; return model.config.pad_id."""
     pad_id = getattr(getattr(model, "config", None), "pad_id", None)
     if not isinstance(pad_id, int) or isinstance(pad_id, bool):
@@ -269,6 +274,12 @@ def _check_inputs(model, src, tgt, check, min_length=1, min_batch=1):
     if src.size(0) < min_batch or tgt.size(1) < min_length or src.size(1) < 1:
         raise ValueError(f"{check} needs a batch of at least {min_batch} and targets of at least {min_length} "
                          f"tokens, got src {_shape(src)} and tgt {_shape(tgt)}")
+    most = {name: int((x != pad_id).sum(dim=1).max()) for name, x in (("src", src), ("tgt", tgt))}
+    if min(most.values()) < min_real:
+        # One key gets weight 1 whatever the query and key: a correct model's q/k projections get no gradient.
+        raise ValueError(f"{check} needs {min_real} or more non-padding tokens in some row of src and in some row "
+                         f"of tgt, got at most {most['src']} in src and {most['tgt']} in tgt: attention over a single "
+                         f"key does not depend on the queries and keys, so their projections get no gradient")
     return pad_id
 
 

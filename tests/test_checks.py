@@ -166,3 +166,30 @@ def test_bad_input_raises_value_error_naming_it(check):
         check(tiny(), src, tgt[:2])
     with pytest.raises(ValueError, match="src"):
         check(tiny(), src.float(), tgt)
+
+
+@pytest.mark.parametrize("check", [check_gradients, run_checks])
+@pytest.mark.parametrize("side", ["src", "tgt"])
+def test_gradients_refuse_a_batch_where_a_correct_model_gets_zeros(check, side):
+    src, tgt = data()
+    one_real = {"src": src, "tgt": tgt}
+    one_real[side][:, 1:] = 0  # every row of one side: one real token, then padding
+    model = tiny()
+    # Why the check must refuse: attention over one key gives it weight 1 whatever q and k are, so a correct
+    # model's query projections get exactly zero gradient, and the check would report a bug that is not there.
+    logits = model(one_real["src"], one_real["tgt"])
+    (logits * torch.randn(logits.shape, generator=torch.Generator().manual_seed(0))).sum().backward()
+    attention = model.encoder_layers[0].self_attn if side == "src" else model.decoder_layers[0].self_attn
+    assert not attention.q_proj.weight.grad.any()
+    with pytest.raises(ValueError, match=rf"non-padding tokens.* 1 in {side}\b"):
+        check(tiny(), one_real["src"], one_real["tgt"])
+    one_real[side][0, 1] = 3  # a second real token in one row is enough
+    assert check_gradients(tiny(), one_real["src"], one_real["tgt"]).passed
+
+
+def test_padding_check_says_when_the_longer_rows_are_too_long_for_the_model():
+    model = tiny()  # max_len=32
+    src, tgt = torch.randint(1, V, (2, 31)), torch.randint(1, V, (2, 3))
+    with pytest.raises(ValueError, match=r"check_padding appends 2 padding tokens to src \(2, 31\).*max_len=32"):
+        check_padding(model, src, tgt)
+    assert check_padding(model, src[:, :30], tgt).passed
