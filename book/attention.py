@@ -26,11 +26,13 @@ def softmax(x, dim=-1):
 
 
 def _nothing_to_normalise(x, dim):
-    """Raise ValueError unless ``x`` is a floating-point tensor; True if its axis ``dim`` is empty."""
+    """Raise ValueError unless ``x`` is a floating-point tensor with an axis ``dim``; True if that axis is empty."""
     if not torch.is_tensor(x) or not x.is_floating_point():
         kind = x.dtype if torch.is_tensor(x) else type(x).__name__
         raise ValueError(f"softmax expects a floating-point tensor, got {kind}")
-    return x.size(dim) == 0
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -max(x.dim(), 1) <= dim < max(x.dim(), 1):
+        raise ValueError(f"softmax: dim={dim!r} is not an axis of a tensor of shape {_shape(x)}")
+    return x.dim() > 0 and x.size(dim) == 0
 
 
 def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
@@ -90,9 +92,9 @@ def _check_attention_inputs(query, key, value, mask):
             f"key length T_k={key.size(-2)} (shape {_shape(key)}) does not match "
             f"value length {value.size(-2)} (shape {_shape(value)})"
         )
-    if not query.dtype == key.dtype == value.dtype:
+    if not (query.dtype == key.dtype == value.dtype and query.is_floating_point()):
         raise ValueError(
-            f"query, key and value must share a dtype, got {query.dtype}, {key.dtype}, {value.dtype}"
+            f"query, key and value must share a floating-point dtype, got {query.dtype}, {key.dtype}, {value.dtype}"
         )
     batch = _broadcast(query.shape[:-2], key.shape[:-2], value.shape[:-2])
     if batch is None:

@@ -290,10 +290,12 @@ def _torch_can_express(attention):
 
 def _multi_head_error(attention, seed=0):
     """Largest difference between ``attention`` and torch.nn.MultiheadAttention with its weights,
-    for self-attention under a causal mask and cross-attention under a padding mask."""
+    for self-attention under a causal mask and cross-attention under a padding mask. Both run in
+    float64 copies, so that a model in another precision is compared on its arithmetic alone."""
     g = torch.Generator().manual_seed(seed)
-    d, bias = attention.d_model, attention.q_proj.bias is not None
-    reference = nn.MultiheadAttention(d, attention.num_heads, bias=bias, batch_first=True)
+    attention = copy.deepcopy(attention).double()
+    d, bias, device = attention.d_model, attention.q_proj.bias is not None, attention.q_proj.weight.device
+    reference = nn.MultiheadAttention(d, attention.num_heads, bias=bias, batch_first=True).to(device).double()
     parts = (attention.q_proj, attention.k_proj, attention.v_proj)
     with torch.no_grad():
         reference.in_proj_weight.copy_(torch.cat([p.weight for p in parts]))
@@ -301,9 +303,9 @@ def _multi_head_error(attention, seed=0):
         if bias:
             reference.in_proj_bias.copy_(torch.cat([p.bias for p in parts]))
             reference.out_proj.bias.copy_(attention.out_proj.bias)
-        x, memory = torch.randn(2, 5, d, generator=g), torch.randn(2, 7, d, generator=g)
-        future = torch.ones(5, 5, dtype=torch.bool).triu(1)  # torch: True = may NOT attend
-        padding = torch.zeros(2, 7, dtype=torch.bool)
+        x, memory = (torch.randn(2, t, d, generator=g).to(device).double() for t in (5, 7))
+        future = torch.ones(5, 5, dtype=torch.bool, device=device).triu(1)  # torch: True = may NOT attend
+        padding = torch.zeros(2, 7, dtype=torch.bool, device=device)
         padding[0, 4:] = True
         errors = [attention(x, x, x, ~future.expand(2, 5, 5)) - reference(x, x, x, attn_mask=future)[0],
                   attention(x, memory, memory, ~padding[:, None, :])
@@ -312,8 +314,10 @@ def _multi_head_error(attention, seed=0):
 
 
 def _layer_norm_error(norm, seed=0):
-    """Largest difference between ``norm`` and torch.nn.functional.layer_norm with its weight and bias."""
+    """Largest difference between ``norm`` and torch.nn.functional.layer_norm with its weight and bias,
+    both in float64."""
     g = torch.Generator().manual_seed(seed)
-    x = 3 * torch.randn(2, 5, norm.d_model, generator=g) + 1
+    norm = copy.deepcopy(norm).double()
+    x = (3 * torch.randn(2, 5, norm.d_model, generator=g) + 1).to(norm.weight.device).double()
     with torch.no_grad():
         return (norm(x) - F.layer_norm(x, (norm.d_model,), norm.weight, norm.bias, norm.eps)).abs().max().item()

@@ -21,12 +21,14 @@ rounding. ``--device cuda`` where there is no CUDA, or a batch that does not spl
 equal parts, is one line on stderr and exit status 2.
 
 Exit status: 0 success; 1 some input could not be read (each such line gets an empty output
-line and a message on stderr); 2 bad arguments or an unreadable checkpoint; 130 interrupted.
+line and a message on stderr); 2 bad arguments, or a checkpoint that cannot be read or saved
+(a failed save leaves the last good one in place); 130 interrupted.
 """
 import argparse
 import dataclasses
 import os
 import signal
+import stat
 import sys
 import tempfile
 from pathlib import Path
@@ -44,6 +46,7 @@ CHECKPOINT_KIND = "transformer-from-scratch/date-reader"
 CHECKPOINT_VERSION = 1
 MAX_LINE_CHARS = 100  # the longest date the formats produce has 29 characters
 TRANSLATE_CHUNK = 256  # lines translated together when reading stdin
+MAX_SEED = 2**63 - 1  # torch.manual_seed takes up to 2**64 - 1, but book.train.TrainConfig stops here
 
 # Options that size the model or the run: (argparse dest, TrainConfig field).
 SIZE_OPTIONS = (("d_model", "d_model"), ("heads", "num_heads"), ("layers", "num_layers"),
@@ -51,12 +54,27 @@ SIZE_OPTIONS = (("d_model", "d_model"), ("heads", "num_heads"), ("layers", "num_
 
 
 class CheckpointError(Exception):
-    """A checkpoint that is missing, damaged or not ours; the message is one line."""
+    """A checkpoint that is missing, damaged, not ours or cannot be saved; the message is one line."""
 
 
 def _one_line(exc):
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def _temporary_beside(path):
+    """(fd, name) of a new file in path's directory, so that os.replace onto ``path`` is atomic."""
+    return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+
+
+def _mode_for(path):
+    """The mode ``path`` should have: the old file's, else what open() gives a new file (0o666 less the umask)."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        umask = os.umask(0)  # reading the umask means setting it; put it straight back
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def save_checkpoint(path, model, optimizer, tokenizer, settings, step, history):
@@ -78,12 +96,13 @@ def save_checkpoint(path, model, optimizer, tokenizer, settings, step, history):
         "history": history,
     }
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = _temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _mode_for(path))  # mkstemp makes it 0600, which os.replace would keep
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -161,6 +180,14 @@ def cmd_train(args):
     if not out.parent.is_dir():
         _say_once(f"error: the directory of {out} does not exist")
         return 2
+    try:  # the first save comes after training; a directory we may not write must fail before it
+        fd, tmp = _temporary_beside(out)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        _say_once(f"error: cannot save to {out}: its temporary file .{out.name}.XXXXXXXX.tmp "
+                  f"cannot be created ({exc.strerror or _one_line(exc)})")
+        return 2
     try:
         processes = start(args.device)  # one process, or one of torchrun's N
     except ValueError as exc:
@@ -236,11 +263,18 @@ def _train(args, out, processes):
             tqdm.write("interrupted: finishing this step, then saving (Ctrl-C again to quit without saving)",
                        file=sys.stderr)
 
+    def save(step, history):
+        try:
+            save_checkpoint(out, model, optimizer, tokenizer, settings, step, history)
+        except OSError as exc:  # disk full, directory made read-only, ...: the save was atomic, so nothing is lost
+            raise CheckpointError(f"cannot save step {step} to {out} ({exc.strerror or _one_line(exc)}); "
+                                  f"{out} holds the last save, if any") from None
+
     def after_step(step, history):
         if any_process(interrupted, processes):  # every process stops after the same step
             return True
         if processes.is_main and step % args.save_every == 0 and step < settings.steps:
-            save_checkpoint(out, model, optimizer, tokenizer, settings, step, history)
+            save(step, history)
         return False
 
     previous_handler = signal.signal(signal.SIGINT, on_interrupt)
@@ -255,7 +289,7 @@ def _train(args, out, processes):
         )
         step = history["step"][-1] if history["step"] else start
         if processes.is_main:  # still under our handler: Ctrl-C cannot cut it short
-            save_checkpoint(out, model, optimizer, tokenizer, settings, step, history)
+            save(step, history)
     except KeyboardInterrupt:
         say(f"stopped without saving; {out} holds the last periodic save, if any")
         return 130
@@ -276,9 +310,13 @@ def _read_lines(args):
     if args.text:
         for i, text in enumerate(args.text, start=1):
             yield f"argument {i}", text
-    else:
+    elif not hasattr(sys.stdin, "buffer"):  # a text stream without bytes under it (io.StringIO, say)
         for i, line in enumerate(sys.stdin, start=1):
             yield f"line {i}", line.rstrip("\r\n")
+    else:  # bytes, decoded line by line: a line that is not valid text gets its message, the rest answers
+        encoding = sys.stdin.encoding or "utf-8"
+        for i, line in enumerate(sys.stdin.buffer, start=1):
+            yield f"line {i}", line.decode(encoding, errors="surrogateescape").rstrip("\r\n")
 
 
 def _problem(text, tokenizer):
@@ -377,6 +415,9 @@ def main(argv=None):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "train" and args.save_every < 1:
         _say(f"error: --save-every must be >= 1, got {args.save_every}")
+        return 2
+    if args.command == "train" and args.seed is not None and not 0 <= args.seed <= MAX_SEED:
+        _say(f"error: --seed must be an integer from 0 to {MAX_SEED}, got {args.seed}")
         return 2
     try:
         return cmd_train(args) if args.command == "train" else cmd_translate(args)

@@ -5,6 +5,7 @@ greedy_decode(..., cache=True) gives exactly the ids of book.train.greedy_decode
 computing only the new position at each step; beam_search keeps beam_size hypotheses per
 source and returns the best by the length-normalized score of Wu et al. (2016).
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,7 @@ import torch
 from book.attention import padding_mask, scaled_dot_product_attention
 from book.multi_head import merge_heads, split_heads
 from book.train import greedy_decode as _recompute_greedy_decode
+from book.train import translate
 
 
 @dataclass
@@ -102,19 +104,21 @@ def greedy_decode(model, src, max_len, start_id, end_id, cache=True):
         return _recompute_greedy_decode(model, src, max_len, start_id, end_id)
     was_training = model.training
     model.eval()
-    src_mask = padding_mask(src, model.config.pad_id)
-    caches = start_cache(model, model.encode(src, src_mask))
-    token = torch.full((src.size(0),), start_id, dtype=torch.long, device=src.device)
-    finished = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
-    out = []
-    for position in range(max_len):
-        token = decode_step(model, token, position, caches, src_mask).argmax(dim=-1)
-        token = token.masked_fill(finished, model.config.pad_id)
-        out.append(token)
-        finished |= token == end_id
-        if finished.all():
-            break
-    model.train(was_training)
+    try:
+        src_mask = padding_mask(src, model.config.pad_id)
+        caches = start_cache(model, model.encode(src, src_mask))
+        token = torch.full((src.size(0),), start_id, dtype=torch.long, device=src.device)
+        finished = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
+        out = []
+        for position in range(max_len):
+            token = decode_step(model, token, position, caches, src_mask).argmax(dim=-1)
+            token = token.masked_fill(finished, model.config.pad_id)
+            out.append(token)
+            finished |= token == end_id
+            if finished.all():
+                break
+    finally:
+        model.train(was_training)  # back in the mode it came in, even when decoding failed
     return torch.stack(out, dim=1)
 
 
@@ -123,8 +127,7 @@ def _is_int(value):
 
 
 def _check_decoding(model, src, max_len, start_id, end_id, beam_size=1, length_penalty=0.0):
-    if (not torch.is_tensor(src) or src.dim() != 2 or src.is_floating_point() or src.is_complex()
-            or src.dtype == torch.bool):
+    if not torch.is_tensor(src) or src.dim() != 2 or src.dtype not in (torch.long, torch.int32):
         got = f"{tuple(src.shape)} {src.dtype}" if torch.is_tensor(src) else type(src).__name__
         raise ValueError(f"src must be a (B, S) tensor of integer token ids, got {got}")
     if not _is_int(max_len) or not 1 <= max_len <= model.config.max_len:
@@ -140,6 +143,9 @@ def _check_decoding(model, src, max_len, start_id, end_id, beam_size=1, length_p
     if isinstance(length_penalty, bool) or not isinstance(length_penalty, (int, float)) \
             or not 0 <= length_penalty < float("inf"):
         raise ValueError(f"length_penalty (alpha) must be a finite number >= 0, got {length_penalty!r}")
+    if length_penalty * math.log((5 + max_len) / 6) > math.log(torch.finfo(torch.float32).max):
+        # the scores log P / lp would all round to -0.0, and the first hypothesis to end would win
+        raise ValueError(f"length_penalty={length_penalty!r} makes lp(max_len={max_len}) too large for float32 scores")
 
 
 def lp(n, alpha):
@@ -161,41 +167,45 @@ def beam_search(model, src, max_len, start_id, end_id, beam_size=4, length_penal
     B, K, V = src.size(0), beam_size, model.config.tgt_vocab_size
     was_training = model.training
     model.eval()
-    src_mask = padding_mask(src, model.config.pad_id)
-    memory = model.encode(src, src_mask).repeat_interleave(K, dim=0)  # row b * K + k: hypothesis k of source b
-    caches, src_mask = start_cache(model, memory), src_mask.repeat_interleave(K, dim=0)
-    alive = _Alive(B, K, start_id, src.device)
-    finished = _Finished(B, max_len, model.config.pad_id, src.device)
-    for step in range(max_len):
-        logits = decode_step(model, alive.last_tokens(), step, caches, src_mask)  # (B * K, V)
-        log_p = alive.log_p[:, :, None] + torch.log_softmax(logits, dim=-1).view(B, K, V)
-        top, index = log_p.view(B, K * V).topk(min(2 * K, K * V), dim=1)  # best first
-        parent, token = index // V, index % V
-        rank = torch.arange(top.size(1), device=src.device)
-        ends = token == end_id
-        survivors = (rank + ends * top.size(1)).argsort(dim=1)[:, :K]  # the K best that did not end
-        finishing = ends & (rank < K)
-        if step + 1 == max_len:  # no room left: the survivors finish here too
-            finishing = finishing.scatter(1, survivors, True)
-        divisor = lp(step + 1, length_penalty)
-        finished.add(alive.tokens, parent, token, top, finishing, divisor)
-        alive.advance(parent.gather(1, survivors), token.gather(1, survivors), top.gather(1, survivors))
-        finished.stop_if_unbeaten(alive.log_p.max(dim=1).values / divisor)
-        if finished.done.all():
-            break
-        for cache in caches:  # each new hypothesis continues the cache rows of its parent
-            cache.self_k, cache.self_v, cache.keep = (t[alive.rows] for t in (cache.self_k, cache.self_v, cache.keep))
-    model.train(was_training)
+    try:
+        src_mask = padding_mask(src, model.config.pad_id)
+        memory = model.encode(src, src_mask).repeat_interleave(K, dim=0)  # row b * K + k: hypothesis k of source b
+        caches, src_mask = start_cache(model, memory), src_mask.repeat_interleave(K, dim=0)
+        dtype = torch.promote_types(memory.dtype, torch.float32)  # of the scores: float64 for a float64 model
+        alive = _Alive(B, K, start_id, src.device, dtype)
+        finished = _Finished(B, max_len, model.config.pad_id, src.device, dtype)
+        for step in range(max_len):
+            logits = decode_step(model, alive.last_tokens(), step, caches, src_mask)  # (B * K, V)
+            log_p = alive.log_p[:, :, None] + torch.log_softmax(logits, dim=-1).view(B, K, V)
+            top, index = log_p.view(B, K * V).topk(min(2 * K, K * V), dim=1)  # best first
+            parent, token = index // V, index % V
+            rank = torch.arange(top.size(1), device=src.device)
+            ends = token == end_id
+            survivors = (rank + ends * top.size(1)).argsort(dim=1)[:, :K]  # the K best that did not end
+            finishing = ends & (rank < K)
+            if step + 1 == max_len:  # no room left: the survivors finish here too
+                finishing = finishing.scatter(1, survivors, True)
+            divisor = lp(step + 1, length_penalty)
+            finished.add(alive.tokens, parent, token, top, finishing, divisor)
+            alive.advance(parent.gather(1, survivors), token.gather(1, survivors), top.gather(1, survivors))
+            finished.stop_if_unbeaten(alive.log_p.max(dim=1).values / divisor)
+            if finished.done.all():
+                break
+            for cache in caches:  # each new hypothesis continues the cache rows of its parent
+                cache.self_k, cache.self_v, cache.keep = (cache.self_k[alive.rows], cache.self_v[alive.rows],
+                                                          cache.keep[alive.rows])
+    finally:
+        model.train(was_training)
     return finished.ids(), finished.score
 
 
 class _Alive:
     """The live hypotheses: tokens (B, K, t) generated so far and their log-probabilities (B, K)."""
 
-    def __init__(self, batch, beam_size, start_id, device):
+    def __init__(self, batch, beam_size, start_id, device, dtype=torch.float32):
         self.start = torch.full((batch * beam_size,), start_id, dtype=torch.long, device=device)
         self.tokens = torch.zeros(batch, beam_size, 0, dtype=torch.long, device=device)
-        self.log_p = torch.full((batch, beam_size), float("-inf"), device=device)
+        self.log_p = torch.full((batch, beam_size), float("-inf"), device=device, dtype=dtype)
         self.log_p[:, 0] = 0.0  # a single hypothesis to begin with: the start token alone
         self.rows = None
 
@@ -215,9 +225,9 @@ class _Alive:
 class _Finished:
     """Per source: the best finished hypothesis so far, its score, and whether the source is done."""
 
-    def __init__(self, batch, max_len, pad_id, device):
+    def __init__(self, batch, max_len, pad_id, device, dtype=torch.float32):
         self.pad_id = pad_id
-        self.score = torch.full((batch,), float("-inf"), device=device)
+        self.score = torch.full((batch,), float("-inf"), device=device, dtype=dtype)
         self.best = torch.full((batch, max_len), pad_id, dtype=torch.long, device=device)
         self.length = torch.zeros(batch, dtype=torch.long, device=device)
         self.done = torch.zeros(batch, dtype=torch.bool, device=device)
@@ -241,7 +251,7 @@ class _Finished:
         self.done |= self.score >= alive_score
 
     def ids(self):
-        return self.best[:, : int(self.length.max())]
+        return self.best[:, : int(self.length.max()) if len(self.length) else 0]  # (B, longest best)
 
 
 @torch.no_grad()
@@ -253,19 +263,18 @@ def sequence_log_prob(model, src, ids, start_id, end_id):
     """
     was_training = model.training
     model.eval()
-    tgt_in = torch.cat([torch.full_like(ids[:, :1], start_id), ids[:, :-1]], dim=1)
-    log_probs = torch.log_softmax(model(src, tgt_in), dim=-1).gather(2, ids[:, :, None])[:, :, 0]
+    try:
+        tgt_in = torch.cat([torch.full_like(ids[:, :1], start_id), ids[:, :-1]], dim=1)
+        log_probs = torch.log_softmax(model(src, tgt_in), dim=-1).gather(2, ids[:, :, None])[:, :, 0]
+    finally:
+        model.train(was_training)
     ends = (ids == end_id).long()
     counted = ends.cumsum(dim=1) - ends == 0  # no end_id before this position
-    model.train(was_training)
     return torch.where(counted, log_probs, 0.0).sum(dim=1), counted.sum(dim=1)
 
 
 def translate_beam(model, tokenizer, texts, beam_size=4, length_penalty=0.6, batch_size=500, max_len=16):
     """Read a list of texts with beam search, return the model's answer for each, as strings."""
-    answers, device = [], next(model.parameters()).device
-    for first in range(0, len(texts), batch_size):
-        src = tokenizer.encode_batch(texts[first:first + batch_size], device=device)
-        ids, _ = beam_search(model, src, max_len, tokenizer.start_id, tokenizer.end_id, beam_size, length_penalty)
-        answers.extend(tokenizer.decode_batch(ids))
-    return answers
+    def decode(model, src, max_len, start_id, end_id):
+        return beam_search(model, src, max_len, start_id, end_id, beam_size, length_penalty)[0]
+    return translate(model, tokenizer, texts, batch_size, max_len, decode=decode)

@@ -43,12 +43,17 @@ def batch_slice(dates, tokenizer, batch_size, seed, step, rank=0, world_size=1, 
     together are exactly the batch one process would train on. Returns a Batch on ``device``.
     """
     b = local_batch_size(batch_size, world_size)
+    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be an integer in [0, world_size={world_size}), got {rank!r}")
     examples = sample_examples(dates, batch_size, seed, step)
     return make_batch(examples[rank * b:(rank + 1) * b], tokenizer, device)
 
 
 def local_batch_size(batch_size, world_size):
     """batch_size / world_size, the rows each process trains on; ValueError when it is not whole."""
+    for name, value in (("batch_size", batch_size), ("world_size", world_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if batch_size % world_size:
         raise ValueError(f"the global batch of {batch_size} examples does not split into {world_size} equal "
                          f"parts, one per process; use a batch size divisible by {world_size}")

@@ -113,7 +113,7 @@ def _check_gpt_config(c):
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
     if c.d_model % c.num_heads:
         raise ValueError(f"d_model={c.d_model} is not divisible by num_heads={c.num_heads}")
-    if c.d_model % 2:
+    if c.d_model % 2 and c.positions == "sinusoidal":
         raise ValueError(f"d_model must be even for the sinusoidal table, got {c.d_model}")
     if isinstance(c.dropout, bool) or not isinstance(c.dropout, (int, float)) or not 0 <= c.dropout < 1:
         raise ValueError(f"dropout must be a number in [0, 1), got {c.dropout!r}")
@@ -126,6 +126,7 @@ def _check_gpt_config(c):
 def _check_is_gpt_config(config):
     if not isinstance(config, GPTConfig):
         raise ValueError(f"config must be a GPTConfig, got {type(config).__name__}")
+    _check_gpt_config(config)  # again: its fields may have been changed since it was made
     return config
 
 
@@ -133,13 +134,23 @@ def _check_tokens(tokens, config, name="tokens"):
     if not torch.is_tensor(tokens) or tokens.dim() != 2:
         got = f"shape {tuple(tokens.shape)}" if torch.is_tensor(tokens) else type(tokens).__name__
         raise ValueError(f"{name} must be a 2-D (batch, length) tensor of token ids, got {got}")
-    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-        raise ValueError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+    if tokens.dtype not in (torch.long, torch.int32):  # what the embedding takes
+        raise ValueError(f"{name} must hold integer token ids (torch.long or torch.int32), got dtype {tokens.dtype}")
     if not 1 <= tokens.size(1) <= config.max_len:
         raise ValueError(f"{name} has length {tokens.size(1)}; expected 1 to max_len={config.max_len}")
     if tokens.numel() and (tokens.min() < 0 or tokens.max() >= config.vocab_size):
         raise ValueError(f"{name} ids must be in [0, {config.vocab_size}), got min {tokens.min().item()} "
                          f"and max {tokens.max().item()}")
+
+
+def _check_feed(gpt, tokens, cache):
+    _check_tokens(tokens, gpt.config)
+    held = cache.keep.size(-1)
+    if tokens.size(0) != cache.keep.size(0):
+        raise ValueError(f"tokens has {tokens.size(0)} rows, the cache {cache.keep.size(0)}")
+    if held + tokens.size(1) > gpt.config.max_len:
+        raise ValueError(f"the cache holds {held} tokens; {tokens.size(1)} more would pass the model's "
+                         f"max_len={gpt.config.max_len}")
 
 
 def gpt_parameter_count(config):
@@ -158,19 +169,19 @@ class GPTTranslator(nn.Module):
 
     def __init__(self, gpt):
         super().__init__()
+        if not isinstance(gpt, GPT):
+            raise ValueError(f"GPTTranslator wraps a GPT, got {type(gpt).__name__}")
         self.gpt = gpt
         self.config = gpt.config
 
     def forward(self, src, tgt):
-        _check_pair(src, tgt)
+        _check_pair(src, tgt, self.config)
         return self.gpt(torch.cat([src, tgt], dim=1))[:, src.size(1):]
 
 
-def _check_pair(src, tgt):
+def _check_pair(src, tgt, config):
     for name, x in (("src", src), ("tgt", tgt)):
-        if not torch.is_tensor(x) or x.dim() != 2:
-            raise ValueError(f"{name} must be a 2-D (batch, length) tensor of token ids, "
-                             f"got {tuple(x.shape) if torch.is_tensor(x) else type(x).__name__}")
+        _check_tokens(x, config, name)
     if src.size(0) != tgt.size(0):
         raise ValueError(f"src and tgt must have the same batch size, got {src.size(0)} and {tgt.size(0)}")
 
@@ -191,7 +202,8 @@ class GPTCache:
 def start_gpt_cache(gpt, batch_size, device=None):
     """An empty GPTCache for ``batch_size`` rows: nothing fed yet."""
     c = gpt.config
-    empty = torch.zeros(batch_size, c.num_heads, 0, c.d_model // c.num_heads, device=device)
+    empty = torch.zeros(batch_size, c.num_heads, 0, c.d_model // c.num_heads, device=device,
+                        dtype=gpt.tok_embed.weight.dtype)
     return GPTCache([empty] * c.num_layers, [empty] * c.num_layers,
                     torch.ones(batch_size, 1, 1, 0, dtype=torch.bool, device=device),
                     torch.zeros(batch_size, dtype=torch.long, device=device))
@@ -199,6 +211,7 @@ def start_gpt_cache(gpt, batch_size, device=None):
 
 def feed(gpt, tokens, cache):
     """Logits (B, n, V) for tokens (B, n) that follow what ``cache`` holds; the cache grows by n."""
+    _check_feed(gpt, tokens, cache)
     real = tokens != gpt.config.pad_id
     positions = cache.next_position[:, None] + token_positions(tokens, gpt.config.pad_id)
     cache.next_position = cache.next_position + real.sum(dim=1)
@@ -223,34 +236,40 @@ def generate(model, src, max_len, start_id, end_id, cache=True):
     cache=True feeds the prompt (source and start token) once, then one token per step;
     cache=False runs the whole sequence again at every step.
     """
-    _check_generate(model, src, max_len)
+    _check_generate(model, src, max_len, start_id, end_id)
     pad, was_training = model.config.pad_id, model.training
     model.eval()
-    out = src.new_full((src.size(0), 1), start_id)
-    if cache:
-        memo = start_gpt_cache(model.gpt, src.size(0), src.device)
-        logits = feed(model.gpt, torch.cat([src, out], dim=1), memo)[:, -1]
-    finished = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
-    for step in range(max_len):
-        if not cache:
-            logits = model(src, out)[:, -1]
-        next_id = logits.argmax(-1).masked_fill(finished, pad)
-        out = torch.cat([out, next_id[:, None]], dim=1)
-        finished |= next_id == end_id
-        if finished.all():
-            break
-        if cache and step < max_len - 1:
-            logits = feed(model.gpt, next_id[:, None], memo)[:, -1]
-    model.train(was_training)
+    try:
+        out = src.new_full((src.size(0), 1), start_id)
+        if cache:
+            memo = start_gpt_cache(model.gpt, src.size(0), src.device)
+            logits = feed(model.gpt, torch.cat([src, out], dim=1), memo)[:, -1]
+        finished = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
+        for step in range(max_len):
+            if not cache:
+                logits = model(src, out)[:, -1]
+            next_id = logits.argmax(-1).masked_fill(finished, pad)
+            out = torch.cat([out, next_id[:, None]], dim=1)
+            finished |= next_id == end_id
+            if finished.all():
+                break
+            if cache and step < max_len - 1:
+                logits = feed(model.gpt, next_id[:, None], memo)[:, -1]
+    finally:
+        model.train(was_training)
     return out[:, 1:]
 
 
-def _check_generate(model, src, max_len):
+def _check_generate(model, src, max_len, start_id, end_id):
     if not isinstance(model, GPTTranslator):
         raise ValueError(f"generate needs a GPTTranslator, got {type(model).__name__}")
     _check_tokens(src, model.config, "src")
     if not _is_int(max_len) or max_len < 1:
         raise ValueError(f"max_len must be an integer >= 1, got {max_len!r}")
+    if not _is_int(start_id) or not 0 <= start_id < model.config.vocab_size:
+        raise ValueError(f"start_id must be a token id in [0, {model.config.vocab_size}), got {start_id!r}")
+    if not _is_int(end_id):
+        raise ValueError(f"end_id must be an integer, got {end_id!r}")
     if src.size(1) + max_len > model.config.max_len:  # the longest row fed: source, start, max_len - 1 tokens
         raise ValueError(f"source length {src.size(1)} + max_len {max_len} exceeds the model's "
                          f"max_len={model.config.max_len}")

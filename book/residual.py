@@ -10,6 +10,7 @@ from book.multi_head import MultiHeadAttention
 def layer_norm(x, weight, bias, eps=1e-5):
     """Layer normalization written out from its equation. x: (..., D); weight, bias: (D,) -> (..., D)."""
     _check_layer_norm_inputs(x, weight, bias)
+    _check_eps(eps)
     mean = x.mean(dim=-1, keepdim=True)
     variance = (x - mean).square().mean(dim=-1, keepdim=True)  # divides by D, not D - 1
     return weight * (x - mean) / torch.sqrt(variance + eps) + bias

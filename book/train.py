@@ -39,6 +39,8 @@ class TrainConfig:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing!r}")
         if not self.lr_factor > 0:
             raise ValueError(f"lr_factor must be positive, got {self.lr_factor!r}")
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed < 2 ** 63:
+            raise ValueError(f"seed must be an integer in [0, 2**63), as torch.manual_seed takes, got {self.seed!r}")
 
 
 def build_model(settings, tokenizer, device=None):
@@ -81,6 +83,9 @@ def label_smoothed_cross_entropy(logits, target, smoothing, pad_id):
     if not keep.any():
         raise ValueError(f"every target position is padding (pad_id={pad_id}); nothing to learn from")
     log_probs, target = log_probs[keep], target[keep]  # (N, V) and (N,) for the N real positions
+    if target.dtype != torch.long or target.min() < 0 or target.max() >= logits.size(-1):
+        raise ValueError(f"target must hold token ids (torch.long) in [0, {logits.size(-1)}) or pad_id, got "
+                         f"{target.dtype} ids from {target.min().item()} to {target.max().item()}")
     nll = -log_probs.gather(1, target.unsqueeze(1)).squeeze(1)
     uniform = -log_probs.mean(dim=1)
     return ((1.0 - smoothing) * nll + smoothing * uniform).mean()
@@ -102,6 +107,8 @@ def learning_rate(step, settings, d_model):
     In the cooldown the rate is multiplied by (steps - step + 1) / (cooldown + 1), which falls
     from 1 to 1 / (cooldown + 1) at the last step; cooldown=0 leaves the paper's schedule.
     """
+    if step > settings.steps:  # the cooldown would turn the rate negative
+        raise ValueError(f"step {step} is past the run's last step, settings.steps={settings.steps}")
     rate = noam_rate(step, d_model, settings.warmup, settings.lr_factor)
     left = settings.steps - step
     if left < settings.cooldown:
@@ -171,21 +178,26 @@ def greedy_decode(model, src, max_len, start_id, end_id):
     step. Rows that have produced end_id are padded from then on. Returns (B, <= max_len) ids.
     """
     pad_id = model.config.pad_id
+    limit = getattr(model.config, "max_len", None)  # the decoder will read up to max_len positions
+    if limit is not None and max_len > limit:
+        raise ValueError(f"max_len={max_len} is more than the model's config.max_len={limit}")
     was_training = model.training
     model.eval()
-    src_mask = padding_mask(src, pad_id)
-    memory = model.encode(src, src_mask)
-    out = torch.full((src.size(0), 1), start_id, dtype=torch.long, device=src.device)
-    finished = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
-    for _ in range(max_len):
-        logits = model.decode(out, memory, src_mask)  # (B, t, V); only the last position is new
-        next_id = logits[:, -1].argmax(-1)
-        next_id = next_id.masked_fill(finished, pad_id)
-        out = torch.cat([out, next_id.unsqueeze(1)], dim=1)
-        finished |= next_id == end_id
-        if finished.all():
-            break
-    model.train(was_training)
+    try:
+        src_mask = padding_mask(src, pad_id)
+        memory = model.encode(src, src_mask)
+        out = torch.full((src.size(0), 1), start_id, dtype=torch.long, device=src.device)
+        finished = torch.zeros(src.size(0), dtype=torch.bool, device=src.device)
+        for _ in range(max_len):
+            logits = model.decode(out, memory, src_mask)  # (B, t, V); only the last position is new
+            next_id = logits[:, -1].argmax(-1)
+            next_id = next_id.masked_fill(finished, pad_id)
+            out = torch.cat([out, next_id.unsqueeze(1)], dim=1)
+            finished |= next_id == end_id
+            if finished.all():
+                break
+    finally:
+        model.train(was_training)  # back in the mode it came in, even when decoding failed
     return out[:, 1:]
 
 
@@ -195,6 +207,10 @@ def translate(model, tokenizer, texts, batch_size=500, max_len=16, decode=None):
     decode(model, src, max_len, start_id, end_id) -> ids writes the answers: greedy_decode unless
     given; later chapters pass their own (chapter 9's cached one, chapter 11's for a decoder-only model).
     """
+    if isinstance(texts, str):  # a string is a sequence too: of one-character texts
+        raise ValueError(f"texts must be a list of strings, got one string {texts!r}; pass [{texts!r}]")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     decode = greedy_decode if decode is None else decode
     answers, device = [], next(model.parameters()).device
     for first in range(0, len(texts), batch_size):
@@ -206,6 +222,8 @@ def translate(model, tokenizer, texts, batch_size=500, max_len=16, decode=None):
 
 def exact_match(model, tokenizer, examples, decode=None):
     """Share of Examples whose answer equals the target exactly, and the answers themselves."""
+    if not examples:
+        raise ValueError("exact_match needs at least one example, got none")
     answers = translate(model, tokenizer, [ex.source for ex in examples], decode=decode)
     correct = sum(answer == ex.target for answer, ex in zip(answers, examples))
     return correct / len(examples), answers

@@ -224,8 +224,8 @@ def _check_2d(tokens, name):
 def _check_tokens(tokens, name, config):
     vocab_size = config.src_vocab_size if name == "src" else config.tgt_vocab_size
     _check_2d(tokens, name)
-    if tokens.is_floating_point() or tokens.is_complex() or tokens.dtype == torch.bool:
-        raise TypeError(f"{name} must hold integer token ids, got dtype {tokens.dtype}")
+    if tokens.dtype not in (torch.long, torch.int32):  # what nn.Embedding takes
+        raise TypeError(f"{name} must hold integer token ids (torch.long or torch.int32), got dtype {tokens.dtype}")
     if not 1 <= tokens.size(1) <= config.max_len:
         raise ValueError(f"{name} has length {tokens.size(1)}; expected 1 to max_len={config.max_len}")
     if tokens.numel():

@@ -87,6 +87,23 @@ def test_softmax_rejects_integer_input():
         softmax(torch.arange(3))
 
 
+@pytest.mark.parametrize("dim", [2, -3, 1.0])
+def test_softmax_rejects_an_axis_the_tensor_does_not_have(dim):
+    with pytest.raises(ValueError, match=rf"dim={dim}.*\(2, 3\)"):
+        softmax(torch.randn(2, 3), dim=dim)
+
+
+def test_softmax_of_a_scalar_is_one_like_torch():
+    assert softmax(torch.tensor(2.0)) == torch.softmax(torch.tensor(2.0), -1) == 1.0
+
+
+@pytest.mark.parametrize("dtype", [torch.long, torch.bool])
+def test_attention_rejects_inputs_that_are_not_floating_point(dtype):
+    x = torch.ones(1, 2, 3, dtype=dtype)
+    with pytest.raises(ValueError, match=f"floating-point dtype, got {dtype}"):
+        scaled_dot_product_attention(x, x, x)
+
+
 def test_softmax_of_an_empty_axis_is_empty():
     x = torch.empty(2, 0)
     assert softmax(x).shape == (2, 0) and torch.softmax(x, -1).shape == (2, 0)

@@ -193,3 +193,14 @@ def test_padding_check_says_when_the_longer_rows_are_too_long_for_the_model():
     with pytest.raises(ValueError, match=r"check_padding appends 2 padding tokens to src \(2, 31\).*max_len=32"):
         check_padding(model, src, tgt)
     assert check_padding(model, src[:, :30], tgt).passed
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_the_torch_references_work_in_any_precision(dtype):
+    src, tgt = data()
+    assert all(r.passed for r in run_checks(tiny().to(dtype), src, tgt))
+    wrong = tiny().to(dtype)
+    for module in wrong.modules():
+        if isinstance(module, MultiHeadAttention):
+            module.__class__ = WrongScale
+    assert not check_components(wrong).passed

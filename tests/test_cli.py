@@ -1,6 +1,9 @@
 """The command line (book/cli.py): checkpoints, resuming, Ctrl-C and error handling."""
+import errno
+import io
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -89,6 +92,22 @@ def test_save_is_atomic(tmp_path, checkpoint, monkeypatch):
     assert os.listdir(tmp_path) == ["model.pt"], "no temporary file may be left behind"
 
 
+@pytest.mark.parametrize("umask, old_mode, expected", [(0o022, None, 0o644), (0o027, None, 0o640), (0o077, 0o644, 0o644)])
+def test_save_gives_a_new_file_the_umask_mode_and_keeps_an_old_files_mode(tmp_path, umask, old_mode, expected):
+    path = tmp_path / "model.pt"
+    if old_mode is not None:
+        path.write_bytes(b"an older checkpoint")
+        path.chmod(old_mode)
+    tokenizer = date_tokenizer()
+    model = build_model(TINY, tokenizer)
+    previous = os.umask(umask)
+    try:
+        cli.save_checkpoint(path, model, make_optimizer(model), tokenizer, TINY, 0, new_history())
+    finally:
+        os.umask(previous)
+    assert oct(stat.S_IMODE(path.stat().st_mode)) == oct(expected)
+
+
 def test_training_more_steps_resumes_and_matches_one_long_run(tmp_path, capsys):
     resumed, straight = str(tmp_path / "resumed.pt"), str(tmp_path / "straight.pt")
     assert cli.main(["train", "--out", resumed, "--steps", "12", "--quiet", *TINY_ARGS]) == 0
@@ -137,6 +156,41 @@ def test_train_refuses_a_foreign_file_and_clashing_settings(tmp_path, checkpoint
     assert cli.main(["train", "--out", str(tmp_path / "missing-dir" / "m.pt")]) == 2
 
 
+def test_train_refuses_an_out_it_cannot_save_to_before_training(tmp_path, capsys):
+    # A legal 250-character name, but the temporary file beside it (".NAME.xxxxxxxx.tmp") is too long.
+    out = tmp_path / ("m" * 247 + ".pt")
+    assert cli.main(["train", "--out", str(out), "--steps", "5", "--quiet", *TINY_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("error: ") and str(out) in err
+    assert "File name too long" in err and "training" not in err  # it failed before training
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_save_that_fails_during_training_is_one_line_and_keeps_the_old_checkpoint(tmp_path, checkpoint, capsys,
+                                                                                     monkeypatch):
+    out = tmp_path / "model.pt"
+    out.write_bytes(checkpoint.read_bytes())  # step 0 of TINY's 10 steps
+
+    def disk_full(obj, f):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cli.torch, "save", disk_full)
+    assert cli.main(["train", "--out", str(out), "--quiet"]) == 2
+    message = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message.startswith("error: ") and str(out) in message and "No space left on device" in message
+    assert out.read_bytes() == checkpoint.read_bytes()
+    assert os.listdir(tmp_path) == ["model.pt"]
+
+
+@pytest.mark.parametrize("seed", [-1, 2**63, 2**64])
+def test_train_refuses_a_seed_torch_cannot_take(tmp_path, capsys, seed):
+    out = tmp_path / "m.pt"
+    assert cli.main(["train", "--out", str(out), "--seed", str(seed), "--steps", "1", "--quiet", *TINY_ARGS]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "--seed" in err and str(seed) in err
+    assert not out.exists()
+
+
 def test_translate_an_argument(checkpoint):
     result = run("translate", checkpoint, "25 November 2026")
     assert result.returncode == 0, result.stderr
@@ -156,6 +210,18 @@ def test_translate_stdin_keeps_one_line_per_input_and_reports_bad_lines(checkpoi
     assert messages[0].startswith("line 2:") and "empty" in messages[0]
     assert messages[1].startswith("line 3:") and "'z' at position 5" in messages[1]
     assert messages[2].startswith("line 5:") and "150 characters" in messages[2]
+
+
+def test_translate_stdin_that_is_not_utf8_reports_the_line_and_answers_the_others(checkpoint, capsys, monkeypatch):
+    # A Latin-1 line ("25 März 2026") read under a UTF-8 locale, whose stdin decodes strictly.
+    data = b"25 November 2026\n" + "25 März 2026\n".encode("latin-1") + b"11/25/2026\n"
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="strict"))
+    assert cli.main(["translate", str(checkpoint)]) == 1
+    captured = capsys.readouterr()
+    out = captured.out.split("\n")
+    assert len(out) == 4 and out[0] and out[1] == "" and out[2] and out[3] == ""
+    messages = captured.err.strip().splitlines()
+    assert len(messages) == 1 and messages[0].startswith("line 2:") and "position 4" in messages[0]
 
 
 def test_translate_empty_stdin(checkpoint):

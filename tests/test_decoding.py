@@ -342,6 +342,7 @@ def test_bad_length_penalty(alpha):
     torch.ones(2, 3, 4, dtype=torch.long),   # (B, S, D)
     torch.rand(2, 5),                        # floats, not ids
     torch.ones(2, 5, dtype=torch.bool),
+    torch.ones(2, 5, dtype=torch.uint8),     # integers the embedding does not take
     [[3, 4, 5]],                             # not a tensor
 ])
 def test_a_source_that_is_not_batch_by_length_ids(src):
@@ -360,3 +361,46 @@ def test_ids_outside_the_vocabulary_and_bad_special_ids():
         greedy_decode(model, padded_sources(), 5, V, END)
     with pytest.raises(ValueError, match="end_id"):
         beam_search(model, padded_sources(), 5, START, 2.0)
+
+
+
+@pytest.mark.parametrize("decode", ["greedy", "beam", "log_prob"])
+def test_the_training_mode_is_restored_when_decoding_fails(decode):
+    model = tiny(0).train()
+    bad = torch.tensor([[3, V + 5]])  # the encoder refuses it, after the model went into eval mode
+    with pytest.raises(ValueError, match="token ids"):
+        if decode == "greedy":
+            greedy_decode(model, bad, 5, START, END)
+        elif decode == "beam":
+            beam_search(model, bad, 5, START, END)
+        else:
+            sequence_log_prob(model, bad, torch.tensor([[3, END]]), START, END)
+    assert model.training
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_beam_search_scores_in_the_models_precision(dtype):
+    model, src = tiny(0).to(dtype), padded_sources()
+    ids, scores = beam_search(model, src, 6, START, END, beam_size=3)
+    assert scores.dtype == dtype
+    log_p, n = sequence_log_prob(model, src, ids, START, END)
+    torch.testing.assert_close(scores, log_p / lp(n.to(dtype), 0.6))
+    assert torch.equal(beam_search(model, src, 6, START, END, beam_size=1)[0], greedy_decode(model, src, 6, START, END))
+
+
+def test_beam_search_of_no_sources_returns_nothing():
+    ids, scores = beam_search(tiny(0), padded_sources()[:0], 5, START, END)
+    assert ids.shape == (0, 0) and scores.shape == (0,)
+
+
+def test_a_length_penalty_too_large_for_the_scores_is_refused():
+    with pytest.raises(ValueError, match="length_penalty=80 makes lp\\(max_len=20\\) too large"):
+        beam_search(tiny(0), padded_sources(), 20, START, END, length_penalty=80)
+    beam_search(tiny(0), padded_sources(), 20, START, END, length_penalty=40)  # lp(20) is about 1e25: fine
+
+
+def test_translate_beam_refuses_a_string_and_a_bad_batch_size():
+    with pytest.raises(ValueError, match="one string"):
+        translate_beam(tiny(0), TOKENIZER, "25 November 2026")
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        translate_beam(tiny(0), TOKENIZER, SOURCES, batch_size=0)

@@ -131,6 +131,20 @@ def test_the_slices_of_a_batch_are_the_batch():
     assert torch.equal(one.src, whole.src) and torch.equal(one.tgt_mask, whole.tgt_mask)
 
 
+@pytest.mark.parametrize("batch_size, world_size, name", [(8, 0, "world_size"), (8, -2, "world_size"),
+                                                        (8, 2.0, "world_size"), (0, 2, "batch_size"),
+                                                        (True, 1, "batch_size")])
+def test_local_batch_size_refuses_sizes_that_are_not_positive_integers(batch_size, world_size, name):
+    with pytest.raises(ValueError, match=f"{name} must be a positive integer"):
+        local_batch_size(batch_size, world_size)
+
+
+@pytest.mark.parametrize("rank", [2, -1, 1.0])
+def test_batch_slice_refuses_a_rank_outside_the_world(rank):
+    with pytest.raises(ValueError, match=rf"rank must be an integer in \[0, world_size=2\), got {rank}"):
+        batch_slice(SPLIT.train, TOKENIZER, 8, 0, 1, rank, 2)
+
+
 def test_local_batch_size_names_both_numbers():
     assert local_batch_size(128, 4) == 32
     with pytest.raises(ValueError, match=r"128 examples does not split into 3 equal parts"):

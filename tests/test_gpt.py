@@ -632,3 +632,66 @@ def test_generate_refuses_other_models_and_bad_sources():
         generate(model, sources()[0], 3, START, 2)
     with pytest.raises(ValueError, match=re.escape(f"src ids must be in [0, {V})")):
         generate(model, sources() + V, 3, START, 2)
+
+
+# --------------------------------------------------------------------------- more bad input
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16])
+def test_integer_dtypes_the_embedding_cannot_take_raise_value_error(dtype):
+    with pytest.raises(ValueError, match=f"integer token ids.*{dtype}"):
+        tiny()(torch.ones(2, 3, dtype=dtype))
+    assert tiny()(torch.ones(2, 3, dtype=torch.int32)).isfinite().all()
+
+
+@pytest.mark.parametrize("positions", ["learned", "none"])
+def test_an_odd_width_needs_no_sinusoidal_table(positions):
+    assert tiny(d_model=15, num_heads=3, positions=positions)(tokens(2, 4, seed=1)).shape == (2, 4, V)
+    with pytest.raises(ValueError, match="even for the sinusoidal table, got 15"):
+        config(d_model=15, num_heads=3, positions="sinusoidal")
+
+
+@pytest.mark.parametrize("field, value, match", [("positions", "rope", "'rope'"), ("num_layers", 0, "num_layers"),
+                                                 ("pad_id", 99, "pad_id=99")])
+def test_gpt_checks_a_config_changed_after_it_was_made(field, value, match):
+    c = config()
+    setattr(c, field, value)
+    with pytest.raises(ValueError, match=match):
+        GPT(c)
+
+
+def test_translator_wraps_only_a_gpt_and_names_the_bad_side():
+    with pytest.raises(ValueError, match="wraps a GPT, got Linear"):
+        GPTTranslator(nn.Linear(3, 3))
+    src, tgt = pair()
+    with pytest.raises(ValueError, match="tgt must hold integer token ids"):
+        GPTTranslator(tiny())(src, tgt.float())
+
+
+@pytest.mark.parametrize("start_id, end_id, match", [(V, 2, f"start_id.*got {V}"), (1.5, 2, r"start_id.*got 1\.5"),
+                                                     (None, 2, "start_id.*None"), (START, True, "end_id.*True"),
+                                                     (START, "x", "end_id.*'x'")])
+@pytest.mark.parametrize("cache", [True, False])
+def test_generate_refuses_bad_ids_and_restores_the_mode(start_id, end_id, match, cache):
+    model = GPTTranslator(tiny()).train()
+    with pytest.raises(ValueError, match=match):
+        generate(model, sources(), 3, start_id, end_id, cache=cache)
+    assert model.training
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_cached_generation_works_in_the_models_dtype(dtype):
+    model = GPTTranslator(tiny()).to(dtype)
+    assert start_gpt_cache(model.gpt, 2).keys[0].dtype == dtype
+    assert torch.equal(generate(model, sources(), 5, START, 2), generate(model, sources(), 5, START, 2, cache=False))
+
+
+def test_feed_refuses_what_the_cache_cannot_take():
+    gpt = tiny(max_len=10)
+    cache = start_gpt_cache(gpt, 2)
+    feed(gpt, tokens(2, 8, seed=1), cache)
+    with pytest.raises(ValueError, match="holds 8 tokens; 3 more would pass the model's max_len=10"):
+        feed(gpt, tokens(2, 3, seed=2), cache)
+    with pytest.raises(ValueError, match="3 rows, the cache 2"):
+        feed(gpt, tokens(3, 1, seed=2), cache)
+    with pytest.raises(ValueError, match=rf"ids must be in \[0, {V}\)"):
+        feed(gpt, torch.full((2, 1), V), cache)
+    assert feed(gpt, tokens(2, 2, seed=3), cache).shape == (2, 2, V)

@@ -63,6 +63,9 @@ def test_written_out_layer_norm_bad_input():
         layer_norm(torch.randn(2, 4), torch.ones(4), torch.zeros(3))
     with pytest.raises(ValueError, match="float"):
         layer_norm(torch.randn(2, 4), torch.ones(4), 0.0)
+    for eps in (0, -1.0):  # a constant row would divide 0 by 0
+        with pytest.raises(ValueError, match=f"eps must be a positive number, got {eps}"):
+            layer_norm(torch.ones(2, 4), torch.ones(4), torch.zeros(4), eps=eps)
 
 
 def test_layer_norm_module_equals_the_written_out_function():

@@ -56,6 +56,11 @@ def test_label_smoothing_rejects_bad_input():
         label_smoothed_cross_entropy(logits, torch.ones(2, 3, dtype=torch.long), 1.5, 0)
     with pytest.raises(ValueError, match="padding"):
         label_smoothed_cross_entropy(logits, torch.zeros(2, 3, dtype=torch.long), 0.1, 0)
+    for wrong in (5, -1):  # an id the logits have no column for
+        target = torch.ones(2, 3, dtype=torch.long)
+        target[1, 2] = wrong
+        with pytest.raises(ValueError, match=rf"in \[0, 5\) or pad_id, got torch.int64 ids from {min(wrong, 1)} to {max(wrong, 1)}"):
+            label_smoothed_cross_entropy(logits, target, 0.1, 0)
 
 
 def test_noam_rate_values():
@@ -108,7 +113,8 @@ def test_train_uses_the_loss_it_is_given():
     assert seen == [(True, settings.label_smoothing, TOKENIZER.pad_id)] * 3
 
 
-@pytest.mark.parametrize("field, value", [("cooldown", -1), ("steps", 0), ("batch_size", -1), ("label_smoothing", 1.0), ("lr_factor", 0)])
+@pytest.mark.parametrize("field, value", [("cooldown", -1), ("steps", 0), ("batch_size", -1), ("label_smoothing", 1.0),
+                                          ("lr_factor", 0), ("seed", -1), ("seed", 2 ** 64), ("seed", 1.5)])
 def test_train_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=field):
         TrainConfig(**{field: value})
@@ -248,3 +254,31 @@ def test_translate_and_exact_match_use_the_decoder_they_are_given():
     assert exact_match(model, TOKENIZER, examples, decode=oracle)[0] == 1.0
     # without decode= the untrained model's greedy answers are not the targets
     assert exact_match(model, TOKENIZER, examples)[0] < 1.0
+
+
+def test_learning_rate_refuses_a_step_past_the_last():
+    settings = TrainConfig(steps=10, warmup=2, cooldown=4)
+    assert learning_rate(10, settings, 64) > 0
+    with pytest.raises(ValueError, match="step 11 .* settings.steps=10"):
+        learning_rate(11, settings, 64)
+
+
+def test_greedy_decode_refuses_a_max_len_the_model_cannot_read_and_restores_the_mode_on_error():
+    model = build_model(TrainConfig(**TINY), TOKENIZER).train()
+    src = TOKENIZER.encode_batch(["25 November 2026"])
+    with pytest.raises(ValueError, match="max_len=200 .* config.max_len=128"):
+        greedy_decode(model, src, 200, TOKENIZER.start_id, TOKENIZER.end_id)
+    with pytest.raises(ValueError, match="999"):
+        greedy_decode(model, src, 8, 999, TOKENIZER.end_id)
+    assert model.training and all(m.training for m in model.modules())
+
+
+def test_translate_and_exact_match_refuse_bad_input():
+    model = build_model(TrainConfig(**TINY), TOKENIZER)
+    with pytest.raises(ValueError, match="one string '25 Nov'"):
+        translate(model, TOKENIZER, "25 Nov")
+    for batch_size in (0, -1, 2.0):
+        with pytest.raises(ValueError, match=f"batch_size must be a positive integer, got {batch_size}"):
+            translate(model, TOKENIZER, ["25 Nov 2026"], batch_size=batch_size)
+    with pytest.raises(ValueError, match="at least one example"):
+        exact_match(model, TOKENIZER, [])

@@ -440,6 +440,10 @@ def test_non_integer_tokens_raise_type_error(model):
         model(torch.tensor([[1.0, 2.0]]), torch.tensor([[1, 2]]))
     with pytest.raises(TypeError, match="bool"):
         model(torch.tensor([[1, 2]]), torch.tensor([[True, False]]))
+    for dtype in (torch.uint8, torch.int16):  # integers that nn.Embedding does not take
+        with pytest.raises(TypeError, match=f"src must hold .*got dtype {dtype}"):
+            model(torch.tensor([[1, 2]], dtype=dtype), torch.tensor([[1, 2]]))
+    assert model(torch.tensor([[1, 2]], dtype=torch.int32), torch.tensor([[1, 2]], dtype=torch.int32)).isfinite().all()
 
 
 def test_config_must_be_a_transformer_config():
