@@ -6,7 +6,6 @@ and a ``config.pad_id``, runs it in eval mode, puts every submodule back in the 
 found it in, and returns a ``CheckResult``. ``run_checks`` runs the model checks in order
 of cost; ``check_overfit`` trains a copy and is left to the caller.
 """
-import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ from torch.nn import functional as F
 
 from book.multi_head import MultiHeadAttention
 from book.residual import LayerNorm
+from book.train import evaluating
 
 TOLERANCE = 1e-4  # float32 rounding stays far below it; every bug of chapter 10 far above
 
@@ -39,7 +39,7 @@ def check_causal(model, src, tgt):
     replaced by other (non-padding) tokens, and the logits at positions 0..t must not move.
     """
     pad_id = _check_inputs(model, src, tgt, "check_causal", min_length=2)
-    with _evaluating(model), torch.no_grad():
+    with evaluating(model), torch.no_grad():
         logits = model(src, tgt)
         worst, at = 0.0, None
         for t in range(tgt.size(1) - 1):
@@ -61,7 +61,7 @@ def check_padding(model, src, tgt, extra=2):
     the logits at the T original target positions must stay where they were.
     """
     pad_id = _check_inputs(model, src, tgt, "check_padding")
-    with _evaluating(model), torch.no_grad():
+    with evaluating(model), torch.no_grad():
         logits = model(src, tgt)
         try:
             changes = {"source": _change(model(_pad(src, pad_id, extra), tgt), logits),
@@ -83,7 +83,7 @@ def check_batch_independence(model, src, tgt):
     src: (B, S), tgt: (B, T), B >= 2. Runs the batch, then every example as a batch of one.
     """
     _check_inputs(model, src, tgt, "check_batch_independence", min_batch=2)
-    with _evaluating(model), torch.no_grad():
+    with evaluating(model), torch.no_grad():
         logits = model(src, tgt)
         changes = [_change(model(src[i:i + 1], tgt[i:i + 1])[0], logits[i])
                    for i in range(src.size(0))]
@@ -106,7 +106,7 @@ def check_gradients(model, src, tgt):
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
     if not named:
         return CheckResult("gradients", False, "the model has no trainable parameters")
-    with _evaluating(model), torch.enable_grad():
+    with evaluating(model), torch.enable_grad():
         logits = model(src, tgt)
         weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0)).to(logits)
         grads = torch.autograd.grad((logits * weights).sum(), [p for _, p in named], allow_unused=True)
@@ -134,7 +134,7 @@ def check_masked_rows(model, src, tgt):
     pad_id = _check_inputs(model, src, tgt, "check_masked_rows")
     src, tgt = src.clone(), tgt.clone()
     src[0], tgt[0] = pad_id, pad_id
-    with _evaluating(model), torch.no_grad():
+    with evaluating(model), torch.no_grad():
         logits = model(src, tgt)
     bad = (~torch.isfinite(logits)).sum().item()
     if not bad:
@@ -149,7 +149,7 @@ def check_components(model):
     Attention layers whose head widths torch.nn.MultiheadAttention cannot express are skipped.
     """
     worst, compared, skipped = (0.0, None), 0, 0
-    with _evaluating(model):
+    with evaluating(model):
         for name, module in model.named_modules():
             if isinstance(module, MultiHeadAttention) and not _torch_can_express(module):
                 skipped += 1
@@ -222,18 +222,6 @@ def run_checks(model, src, tgt):
     _check_inputs(model, src, tgt, "run_checks", min_length=2, min_batch=2, min_real=2)
     return [check(model, src, tgt) for check in (check_causal, check_padding, check_batch_independence,
                                                   check_masked_rows, check_gradients)] + [check_components(model)]
-
-
-@contextlib.contextmanager
-def _evaluating(model):
-    """Eval mode inside the block; afterwards every submodule is back in the mode it was in."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 def _change(a, b):

@@ -13,7 +13,7 @@ import torch
 from book.attention import padding_mask, scaled_dot_product_attention
 from book.multi_head import merge_heads, split_heads
 from book.train import greedy_decode as _recompute_greedy_decode
-from book.train import translate
+from book.train import evaluating, translate
 
 
 @dataclass
@@ -102,9 +102,7 @@ def greedy_decode(model, src, max_len, start_id, end_id, cache=True):
     _check_decoding(model, src, max_len, start_id, end_id)
     if not cache:
         return _recompute_greedy_decode(model, src, max_len, start_id, end_id)
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         src_mask = padding_mask(src, model.config.pad_id)
         caches = start_cache(model, model.encode(src, src_mask))
         token = torch.full((src.size(0),), start_id, dtype=torch.long, device=src.device)
@@ -117,8 +115,6 @@ def greedy_decode(model, src, max_len, start_id, end_id, cache=True):
             finished |= token == end_id
             if finished.all():
                 break
-    finally:
-        model.train(was_training)  # back in the mode it came in, even when decoding failed
     return torch.stack(out, dim=1)
 
 
@@ -165,9 +161,7 @@ def beam_search(model, src, max_len, start_id, end_id, beam_size=4, length_penal
     """
     _check_decoding(model, src, max_len, start_id, end_id, beam_size, length_penalty)
     B, K, V = src.size(0), beam_size, model.config.tgt_vocab_size
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         src_mask = padding_mask(src, model.config.pad_id)
         memory = model.encode(src, src_mask).repeat_interleave(K, dim=0)  # row b * K + k: hypothesis k of source b
         caches, src_mask = start_cache(model, memory), src_mask.repeat_interleave(K, dim=0)
@@ -194,8 +188,6 @@ def beam_search(model, src, max_len, start_id, end_id, beam_size=4, length_penal
             for cache in caches:  # each new hypothesis continues the cache rows of its parent
                 cache.self_k, cache.self_v, cache.keep = (cache.self_k[alive.rows], cache.self_v[alive.rows],
                                                           cache.keep[alive.rows])
-    finally:
-        model.train(was_training)
     return finished.ids(), finished.score
 
 
@@ -261,13 +253,9 @@ def sequence_log_prob(model, src, ids, start_id, end_id):
     src: (B, S); ids: (B, L) in greedy_decode's format. Sums the log-probabilities of the tokens
     up to the first end_id, included (all L when there is none). Returns (log_p (B,), n (B,)).
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         tgt_in = torch.cat([torch.full_like(ids[:, :1], start_id), ids[:, :-1]], dim=1)
         log_probs = torch.log_softmax(model(src, tgt_in), dim=-1).gather(2, ids[:, :, None])[:, :, 0]
-    finally:
-        model.train(was_training)
     ends = (ids == end_id).long()
     counted = ends.cumsum(dim=1) - ends == 0  # no end_id before this position
     return torch.where(counted, log_probs, 0.0).sum(dim=1), counted.sum(dim=1)

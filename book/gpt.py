@@ -17,6 +17,7 @@ from book.decoding import attend
 from book.multi_head import split_heads
 from book.residual import EncoderLayer, LayerNorm
 from book.self_attention import sinusoidal_positional_encoding
+from book.train import evaluating
 from book.transformer import Embedding
 
 POSITIONS = ("sinusoidal", "learned", "none")
@@ -237,9 +238,8 @@ def generate(model, src, max_len, start_id, end_id, cache=True):
     cache=False runs the whole sequence again at every step.
     """
     _check_generate(model, src, max_len, start_id, end_id)
-    pad, was_training = model.config.pad_id, model.training
-    model.eval()
-    try:
+    pad = model.config.pad_id
+    with evaluating(model):
         out = src.new_full((src.size(0), 1), start_id)
         if cache:
             memo = start_gpt_cache(model.gpt, src.size(0), src.device)
@@ -255,8 +255,6 @@ def generate(model, src, max_len, start_id, end_id, cache=True):
                 break
             if cache and step < max_len - 1:
                 logits = feed(model.gpt, next_id[:, None], memo)[:, -1]
-    finally:
-        model.train(was_training)
     return out[:, 1:]
 
 

@@ -1,5 +1,6 @@
 # Generated from chapters/08_training.ipynb by tools/export.py: edit the notebook, not this file.
 """Training the Transformer to read dates: loss, schedule, loop, decoding (chapter 8)."""
+import contextlib
 import sys
 from dataclasses import dataclass
 
@@ -181,9 +182,7 @@ def greedy_decode(model, src, max_len, start_id, end_id):
     limit = getattr(model.config, "max_len", None)  # the decoder will read up to max_len positions
     if limit is not None and max_len > limit:
         raise ValueError(f"max_len={max_len} is more than the model's config.max_len={limit}")
-    was_training = model.training
-    model.eval()
-    try:
+    with evaluating(model):
         src_mask = padding_mask(src, pad_id)
         memory = model.encode(src, src_mask)
         out = torch.full((src.size(0), 1), start_id, dtype=torch.long, device=src.device)
@@ -196,9 +195,20 @@ def greedy_decode(model, src, max_len, start_id, end_id):
             finished |= next_id == end_id
             if finished.all():
                 break
-    finally:
-        model.train(was_training)  # back in the mode it came in, even when decoding failed
     return out[:, 1:]
+
+
+@contextlib.contextmanager
+def evaluating(model):
+    """Eval mode (dropout off) inside the block; afterwards, even if the block raised, every
+    submodule is back in the mode it was in."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def translate(model, tokenizer, texts, batch_size=500, max_len=16, decode=None):
