@@ -22,12 +22,14 @@ from book.train import TrainConfig, build_model, make_optimizer, train_step
 import bench_transformer as bench  # its count_flops; run from the repository root, as every benchmark
 
 
-def comparison_gpt(settings, tokenizer):
-    """Chapter 11's comparison GPT for ``settings``: its width, as many layers as its two stacks, seeded."""
+def comparison_gpt(settings, tokenizer, num_layers=None):
+    """Chapter 11's comparison GPT for ``settings``: its width, as many layers as its two stacks
+    (or ``num_layers``), seeded."""
     torch.manual_seed(settings.seed)
     return GPTTranslator(GPT(GPTConfig(
         vocab_size=len(tokenizer), d_model=settings.d_model, num_heads=settings.num_heads,
-        num_layers=2 * settings.num_layers, d_ff=settings.d_ff, dropout=0.0, max_len=64, pad_id=tokenizer.pad_id)))
+        num_layers=num_layers or 2 * settings.num_layers, d_ff=settings.d_ff, dropout=0.0, max_len=64,
+        pad_id=tokenizer.pad_id)))
 
 
 def forward_flops(model, batch):

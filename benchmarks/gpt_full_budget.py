@@ -1,13 +1,15 @@
 """Chapter 11's GPT trained with chapter 8's whole budget: what the chapter's 300-update comparison leaves out.
 
-    python benchmarks/gpt_full_budget.py [--seed 0] [--threads N]
+    python benchmarks/gpt_full_budget.py [--seed 0] [--threads N] [--layers L]
 
 Builds the comparison's GPTTranslator (chapter 8's width, as many layers as its encoder and decoder
 together) and trains it with chapter 8's default run, book.train.TrainConfig(): 1,500 updates of 128
 dates, its schedule, cooldown and label smoothing. Prints the validation exact match every 250
 updates, the training time, and the exact match on the 3,000 test dates with the wrong answers by
-format. Also prints the share of the positions in the training batches that are real tokens, not
-padding. Chapter 8's encoder-decoder with the same run: `python -m book train --out M.pt --seed S`.
+format, and the forward FLOPs per batch of the GPT and of chapter 8's encoder-decoder. --layers L
+trains a GPT of L blocks instead: with 2 it does a little less arithmetic per batch than the
+encoder-decoder. Also prints the share of the positions in the training batches that are real
+tokens, not padding. Chapter 8's encoder-decoder with the same run: `python -m book train --out M.pt --seed S`.
 """
 import argparse
 import time
@@ -16,21 +18,26 @@ import torch
 
 from book.data import FORMATS, batch_for_step, date_tokenizer, examples_for, split_dates
 from book.gpt import generate
-from book.train import TrainConfig, exact_match, make_optimizer, train
+from book.train import TrainConfig, build_model, exact_match, make_optimizer, train
 
-from bench_gpt import comparison_gpt  # run from the repository root, as every benchmark
+from bench_gpt import comparison_gpt, forward_flops  # run from the repository root, as every benchmark
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads(N)")
+    parser.add_argument("--layers", type=int, help="blocks of the GPT (default: the comparison's, 2 * num_layers)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer, split = date_tokenizer(), split_dates()
     settings = TrainConfig(seed=args.seed)
-    model = comparison_gpt(settings, tokenizer)
+    model = comparison_gpt(settings, tokenizer, num_layers=args.layers)
+    first = batch_for_step(split.train, tokenizer, settings.batch_size, settings.seed, 1)
+    print(f"forward GFLOP per batch of {settings.batch_size}: GPT ({model.config.num_layers} blocks, "
+          f"{sum(p.numel() for p in model.parameters()):,} parameters) {forward_flops(model, first) / 1e9:.3f}, "
+          f"chapter 8's encoder-decoder {forward_flops(build_model(settings, tokenizer), first) / 1e9:.3f}")
     positions = {"real": 0, "all": 0}  # counted as training draws the batches
 
     def next_batch(step):

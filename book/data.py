@@ -1,8 +1,9 @@
 # Generated from chapters/08_training.ipynb by tools/export.py: edit the notebook, not this file.
 """Dates as people write them, paired with ISO 8601: data, tokenizer, batches (chapter 8)."""
+import operator
 import random
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from typing import NamedTuple
 
 import torch
@@ -52,7 +53,7 @@ def format_date(d, fmt):
     """The text of ``d`` (a datetime.date in FIRST_DATE..LAST_DATE) in format ``fmt``, a key of FORMATS."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown date format {fmt!r}; expected one of {list(FORMATS)}")
-    if not isinstance(d, date):
+    if not isinstance(d, date) or isinstance(d, datetime):  # a datetime is a date with a time of day
         raise ValueError(f"expected a datetime.date, got {type(d).__name__} {d!r}")
     if not FIRST_DATE <= d <= LAST_DATE:
         raise ValueError(f"date {d} is outside the range {FIRST_DATE}..{LAST_DATE}")
@@ -150,7 +151,7 @@ class CharTokenizer:
     def decode(self, ids):
         """ids -> text: skips padding and start, stops at the first end id."""
         chars = []
-        for i in map(int, ids):
+        for i in map(_token_id, ids):
             if not 0 <= i < len(self):
                 raise ValueError(f"token id {i} is outside the vocabulary 0..{len(self) - 1}")
             if i == self.end_id:
@@ -180,6 +181,14 @@ def date_tokenizer():
         for fmt in FORMATS.values():
             chars.update(fmt(d))
     return CharTokenizer("".join(sorted(chars)))
+
+
+def _token_id(i):
+    """An id as an int: a float such as 3.7 is refused, not truncated to 3."""
+    try:
+        return operator.index(i)
+    except TypeError:
+        raise ValueError(f"token ids must be integers, got {type(i).__name__} {i!r}") from None
 
 
 @dataclass

@@ -102,6 +102,7 @@ class Embedding(nn.Module):
         nn.init.normal_(self.weight)
 
     def forward(self, tokens):
+        _check_ids(tokens, self.vocab_size)
         return F.embedding(tokens, self.weight) * self.scale
 
 
@@ -120,7 +121,27 @@ class PositionalEncoding(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x):
+        _check_sequence(x, self.pe)
         return self.dropout(x + self.pe[: x.size(1)])
+
+
+def _check_ids(tokens, vocab_size):
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.long, torch.int32):
+        got = f"dtype {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise TypeError(f"token ids must be a torch.long or torch.int32 tensor, got {got}")
+    if tokens.numel():
+        low, high = tokens.min().item(), tokens.max().item()
+        if low < 0 or high >= vocab_size:
+            raise ValueError(f"token ids must be in [0, {vocab_size}), got min {low} and max {high}")
+
+
+def _check_sequence(x, pe):
+    max_len, d_model = pe.shape
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.size(2) != d_model:
+        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+        raise ValueError(f"expected x of shape (batch, length, d_model={d_model}), got {got}")
+    if x.size(1) > max_len:
+        raise ValueError(f"x has length {x.size(1)}, but the table holds max_len={max_len} positions")
 
 
 class DecoderLayer(nn.Module):

@@ -1,5 +1,5 @@
 """book.data: the date formats, the split by date, the tokenizer and the batches (chapter 8)."""
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 
 import pytest
 import torch
@@ -157,6 +157,22 @@ def test_decode_rejects_ids_outside_the_vocabulary():
         TOKENIZER.decode([3, len(TOKENIZER)])
     with pytest.raises(ValueError, match="-1"):
         TOKENIZER.decode([-1])
+
+
+def test_decode_refuses_ids_that_are_not_integers():
+    # int() would have truncated 5.9 to 5 and decoded a character the ids do not name.
+    assert TOKENIZER.decode(torch.tensor([5, 6])) == TOKENIZER.decode([5, 6])
+    with pytest.raises(ValueError, match="integers, got float 5.9"):
+        TOKENIZER.decode([5.9, 6])
+    with pytest.raises(ValueError, match="integers"):
+        TOKENIZER.decode(torch.tensor([5.0, 6.0]))
+    with pytest.raises(ValueError, match="integers"):
+        TOKENIZER.decode_batch(torch.tensor([[5.0, 6.0]]))
+
+
+def test_format_date_refuses_a_datetime_by_name():
+    with pytest.raises(ValueError, match="datetime.date, got datetime"):
+        format_date(datetime(2026, 11, 25, 9, 30), "D Month YYYY")
 
 
 def test_tokenizer_rejects_bad_alphabets():

@@ -9,7 +9,7 @@ from torch import nn
 
 from book.attention import padding_mask
 from book.self_attention import sinusoidal_positional_encoding
-from book.transformer import DecoderLayer, Transformer, TorchReference, TransformerConfig
+from book.transformer import DecoderLayer, Embedding, PositionalEncoding, Transformer, TorchReference, TransformerConfig
 
 TINY = dict(src_vocab_size=17, tgt_vocab_size=19, d_model=16, num_heads=4, num_layers=2, d_ff=32, max_len=40)
 
@@ -449,3 +449,19 @@ def test_non_integer_tokens_raise_type_error(model):
 def test_config_must_be_a_transformer_config():
     with pytest.raises(TypeError, match="TransformerConfig"):
         Transformer(dict(TINY))
+
+
+def test_embedding_and_positions_used_alone_name_bad_input():
+    embedding, positions = Embedding(vocab_size=5, d_model=4), PositionalEncoding(d_model=4, max_len=10)
+    assert embedding(torch.tensor([[4, 0]])).shape == (1, 2, 4)
+    assert positions(torch.zeros(2, 10, 4)).shape == (2, 10, 4)
+    with pytest.raises(ValueError, match=r"\[0, 5\), got min 0 and max 5"):
+        embedding(torch.tensor([[0, 5]]))
+    with pytest.raises(ValueError, match="min -1"):
+        embedding(torch.tensor([[-1, 2]]))
+    with pytest.raises(TypeError, match="torch.float32"):
+        embedding(torch.tensor([[1.0]]))
+    with pytest.raises(ValueError, match="length 11, but the table holds max_len=10"):
+        positions(torch.zeros(1, 11, 4))
+    with pytest.raises(ValueError, match=r"d_model=4\), got \(1, 3, 6\)"):
+        positions(torch.zeros(1, 3, 6))
