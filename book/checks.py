@@ -61,6 +61,7 @@ def check_padding(model, src, tgt, extra=2):
     the logits at the T original target positions must stay where they were.
     """
     pad_id = _check_inputs(model, src, tgt, "check_padding")
+    _check_count("check_padding", "extra", extra)
     with evaluating(model), torch.no_grad():
         logits = model(src, tgt)
         try:
@@ -147,7 +148,10 @@ def check_components(model):
     """Each MultiHeadAttention and LayerNorm inside ``model`` against its torch.nn counterpart.
 
     Attention layers whose head widths torch.nn.MultiheadAttention cannot express are skipped.
+    An output that holds NaN or infinity fails, whatever the reference gives.
     """
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"check_components needs a torch.nn.Module, got {type(model).__name__}")
     worst, compared, skipped = (0.0, None), 0, 0
     with evaluating(model):
         for name, module in model.named_modules():
@@ -166,23 +170,33 @@ def check_components(model):
     if worst[0] <= TOLERANCE:
         return CheckResult("torch reference", True, f"{compared} attention layers and layer norms match "
                                                     f"torch.nn within {TOLERANCE:g}{note}")
+    if math.isinf(worst[0]):
+        return CheckResult("torch reference", False, f"the output of {worst[1]}, or of torch.nn with its weights, "
+                                                     f"holds NaN or infinity{note}")
     return CheckResult("torch reference", False, f"{worst[1]} differs from torch.nn by {worst[0]:.2g}{note}")
 
 
 def check_attention(attention, seed=0):
     """A function attention(query, key, value, mask) -> output or (output, weights) against
     torch.nn.functional.scaled_dot_product_attention, on random inputs and a random mask
-    (True = may attend) that leaves every query at least one key."""
+    (True = may attend) that leaves every query at least one key, so that torch's output is finite."""
+    if not callable(attention):
+        raise ValueError(f"check_attention needs a function attention(query, key, value, mask), "
+                         f"got {type(attention).__name__}")
     g = torch.Generator().manual_seed(seed)
     q, k, v = (torch.randn(2, 3, t, d, generator=g) for t, d in ((4, 8), (6, 8), (6, 5)))
     mask = torch.rand(2, 1, 4, 6, generator=g) < 0.6
     mask[..., 0] = True
-    out = attention(q, k, v, mask)
-    out = out[0] if isinstance(out, tuple) else out
-    error = (out - F.scaled_dot_product_attention(q, k, v, attn_mask=mask)).abs().max().item()
-    return CheckResult("attention reference", error <= TOLERANCE,
-                       f"differs from torch's scaled_dot_product_attention by {error:.2g}"
-                       if error > TOLERANCE else f"matches torch's scaled_dot_product_attention within {TOLERANCE:g}")
+    out = _attention_output(attention(q, k, v, mask), (2, 3, 4, 5), weights_shape=(2, 3, 4, 6))
+    error = _change(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    if error <= TOLERANCE:
+        return CheckResult("attention reference", True,
+                           f"matches torch's scaled_dot_product_attention within {TOLERANCE:g}")
+    if math.isinf(error):
+        return CheckResult("attention reference", False, "the output holds NaN or infinity, where torch's "
+                                                         "scaled_dot_product_attention gives finite numbers")
+    return CheckResult("attention reference", False,
+                       f"differs from torch's scaled_dot_product_attention by {error:.2g}")
 
 
 def check_overfit(model, src, tgt, steps=100, lr=1e-2):
@@ -190,14 +204,19 @@ def check_overfit(model, src, tgt, steps=100, lr=1e-2):
 
     src: (B, S), tgt: (B, T) with T >= 2: the copy reads tgt[:, :-1] and must predict tgt[:, 1:]
     (padding excluded) for ``steps`` Adam steps, dropout off. Passes if the loss fell below a
-    quarter of where it started (the accuracy is reported). The model itself is not touched.
+    quarter of where it started (the accuracy is reported). The model itself is not touched. The loss
+    and the optimizer are the check's own: it tests the model, not the caller's training loop.
     """
     pad_id = _check_inputs(model, src, tgt, "check_overfit", min_length=2)
+    _check_count("check_overfit", "steps", steps)
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
     if not (tgt_out != pad_id).any():
         raise ValueError(f"check_overfit needs target tokens other than padding (pad_id={pad_id}) after the first")
     student = copy.deepcopy(model).eval()  # eval: dropout would keep it from fitting exactly
-    optimizer = torch.optim.Adam(student.parameters(), lr=lr)
+    trainable = [p for p in student.parameters() if p.requires_grad]
+    if not trainable:
+        return CheckResult("overfit one batch", False, "the model has no trainable parameters")
+    optimizer = torch.optim.Adam(trainable, lr=lr)
     with torch.enable_grad():
         for step in range(steps + 1):
             logits = student(src, tgt_in)
@@ -206,6 +225,8 @@ def check_overfit(model, src, tgt, steps=100, lr=1e-2):
                 first = loss.item()
             if step == steps or not torch.isfinite(loss):
                 break
+            if not loss.requires_grad:
+                return CheckResult("overfit one batch", False, "the loss does not depend on any trainable parameter")
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
@@ -234,6 +255,22 @@ def _other_tokens(tokens, pad_id, vocab_size, seed):
     """Random ids of tokens' shape, never pad_id (fixed by ``seed``)."""
     ids = torch.randint(0, vocab_size - 1, tokens.shape, generator=torch.Generator().manual_seed(seed))
     return (ids + (ids >= pad_id).long()).to(tokens.device)
+
+
+def _check_count(check, name, value):
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+        raise ValueError(f"{check}: {name} must be an integer >= 1, got {value!r}")
+
+
+def _attention_output(result, shape, weights_shape):
+    """The output tensor of what an attention function returned: the output, or (output, weights)."""
+    out = result[0] if isinstance(result, tuple) and result else result
+    if torch.is_tensor(out) and tuple(out.shape) == shape:
+        return out
+    got = f"a tuple whose first element is {_shape(out)}" if isinstance(result, tuple) and result else _shape(out)
+    hint = ", the shape of the weights: return (output, weights)" if _shape(out) == weights_shape else ""
+    raise ValueError(f"check_attention: attention(query, key, value, mask) must return the output, of shape "
+                     f"{shape}, or a tuple (output, weights); got {got}{hint}")
 
 
 def _pad(tokens, pad_id, extra):
@@ -278,8 +315,9 @@ def _torch_can_express(attention):
 
 def _multi_head_error(attention, seed=0):
     """Largest difference between ``attention`` and torch.nn.MultiheadAttention with its weights,
-    for self-attention under a causal mask and cross-attention under a padding mask. Both run in
-    float64 copies, so that a model in another precision is compared on its arithmetic alone."""
+    for self-attention under a causal mask and cross-attention under a padding mask; inf if either
+    holds NaN or infinity. Both run in float64 copies, so that a model in another precision is
+    compared on its arithmetic alone."""
     g = torch.Generator().manual_seed(seed)
     attention = copy.deepcopy(attention).double()
     d, bias, device = attention.d_model, attention.q_proj.bias is not None, attention.q_proj.weight.device
@@ -295,17 +333,17 @@ def _multi_head_error(attention, seed=0):
         future = torch.ones(5, 5, dtype=torch.bool, device=device).triu(1)  # torch: True = may NOT attend
         padding = torch.zeros(2, 7, dtype=torch.bool, device=device)
         padding[0, 4:] = True
-        errors = [attention(x, x, x, ~future.expand(2, 5, 5)) - reference(x, x, x, attn_mask=future)[0],
-                  attention(x, memory, memory, ~padding[:, None, :])
-                  - reference(x, memory, memory, key_padding_mask=padding)[0]]
-    return max(e.abs().max().item() for e in errors)
+        pairs = [(attention(x, x, x, ~future.expand(2, 5, 5)), reference(x, x, x, attn_mask=future)[0]),
+                 (attention(x, memory, memory, ~padding[:, None, :]),
+                  reference(x, memory, memory, key_padding_mask=padding)[0])]
+    return max(_change(ours, theirs) for ours, theirs in pairs)
 
 
 def _layer_norm_error(norm, seed=0):
     """Largest difference between ``norm`` and torch.nn.functional.layer_norm with its weight and bias,
-    both in float64."""
+    both in float64; inf if either holds NaN or infinity."""
     g = torch.Generator().manual_seed(seed)
     norm = copy.deepcopy(norm).double()
     x = (3 * torch.randn(2, 5, norm.d_model, generator=g) + 1).to(norm.weight.device).double()
     with torch.no_grad():
-        return (norm(x) - F.layer_norm(x, (norm.d_model,), norm.weight, norm.bias, norm.eps)).abs().max().item()
+        return _change(norm(x), F.layer_norm(x, (norm.d_model,), norm.weight, norm.bias, norm.eps))

@@ -39,6 +39,7 @@ def _heads(attn, projection, x):
 
 def start_cache(model, memory):
     """One LayerCache per decoder layer of ``model``: nothing decoded yet, memory (B, S, D) projected once."""
+    _check_memory(model, memory)
     caches = []
     none_yet = memory[:, :0]  # (B, 0, D): projects to empty keys and values of the right shape
     for layer in model.decoder_layers:
@@ -79,8 +80,10 @@ def cached_layer(layer, x, cache, src_mask):
 def decode_step(model, token, position, caches, src_mask):
     """Logits (B, V) after the new tokens (B,) at ``position``; every layer's cache grows by one row.
 
-    caches: from start_cache; src_mask: (B, 1, S) bool, the source's padding mask.
+    caches: from start_cache, holding t = position decoded positions; src_mask: (B, 1, S) bool, the
+    source's padding mask.
     """
+    _check_step(model, token, position, caches, src_mask)
     x = model.tgt_embed(token[:, None]) + model.positions.pe[position]  # (B, 1, D)
     x = model.positions.dropout(x)
     real = (token != model.config.pad_id)[:, None, None, None]
@@ -122,9 +125,39 @@ def _is_int(value):
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _shape(value):
+    return tuple(value.shape) if torch.is_tensor(value) else type(value).__name__
+
+
+def _check_memory(model, memory):
+    d_model = model.config.d_model
+    if not torch.is_tensor(memory) or memory.dim() != 3 or memory.size(-1) != d_model \
+            or not memory.is_floating_point():
+        got = f"{_shape(memory)} {memory.dtype}" if torch.is_tensor(memory) else _shape(memory)
+        raise ValueError(f"memory must be the encoder's output, floats of shape (B, S, d_model={d_model}), got {got}")
+
+
+def _check_step(model, token, position, caches, src_mask):
+    # shapes and Python ints only: no value is read from the device, so the check costs nothing per step
+    layers = len(model.decoder_layers)
+    if not isinstance(caches, (list, tuple)) or len(caches) != layers:
+        got = len(caches) if isinstance(caches, (list, tuple)) else type(caches).__name__
+        raise ValueError(f"caches must be start_cache's list of {layers} LayerCache, one per decoder layer, got {got}")
+    B, S, t = caches[0].cross_k.size(0), caches[0].cross_k.size(2), caches[0].keep.size(-1)
+    max_len = model.config.max_len
+    if not _is_int(position) or not 0 <= position < max_len:
+        raise ValueError(f"position must be an integer from 0 to the model's max_len - 1 = {max_len - 1}, got {position!r}")
+    if position != t:
+        raise ValueError(f"position must be {t}, the number of positions already in the cache, got {position}")
+    if not torch.is_tensor(token) or token.shape != (B,):
+        raise ValueError(f"token must be a ({B},) tensor of ids, one per row of the cache, got {_shape(token)}")
+    if not torch.is_tensor(src_mask) or src_mask.shape != (B, 1, S):
+        raise ValueError(f"src_mask must be ({B}, 1, {S}), the padding mask of the cached memory, got {_shape(src_mask)}")
+
+
 def _check_decoding(model, src, max_len, start_id, end_id, beam_size=1, length_penalty=0.0):
     if not torch.is_tensor(src) or src.dim() != 2 or src.dtype not in (torch.long, torch.int32):
-        got = f"{tuple(src.shape)} {src.dtype}" if torch.is_tensor(src) else type(src).__name__
+        got = f"{_shape(src)} {src.dtype}" if torch.is_tensor(src) else _shape(src)
         raise ValueError(f"src must be a (B, S) tensor of integer token ids, got {got}")
     if not _is_int(max_len) or not 1 <= max_len <= model.config.max_len:
         raise ValueError(f"max_len must be an integer from 1 to the model's max_len={model.config.max_len}, "
@@ -253,12 +286,25 @@ def sequence_log_prob(model, src, ids, start_id, end_id):
     src: (B, S); ids: (B, L) in greedy_decode's format. Sums the log-probabilities of the tokens
     up to the first end_id, included (all L when there is none). Returns (log_p (B,), n (B,)).
     """
+    _check_output_ids(model, src, ids)
     with evaluating(model):
         tgt_in = torch.cat([torch.full_like(ids[:, :1], start_id), ids[:, :-1]], dim=1)
         log_probs = torch.log_softmax(model(src, tgt_in), dim=-1).gather(2, ids[:, :, None])[:, :, 0]
     ends = (ids == end_id).long()
     counted = ends.cumsum(dim=1) - ends == 0  # no end_id before this position
     return torch.where(counted, log_probs, 0.0).sum(dim=1), counted.sum(dim=1)
+
+
+def _check_output_ids(model, src, ids):
+    vocab = model.config.tgt_vocab_size
+    if not torch.is_tensor(ids) or ids.dim() != 2 or ids.dtype not in (torch.long, torch.int32):
+        got = f"{_shape(ids)} {ids.dtype}" if torch.is_tensor(ids) else _shape(ids)
+        raise ValueError(f"ids must be a (B, L) tensor of integer target ids, got {got}")
+    if torch.is_tensor(src) and src.dim() == 2 and src.size(0) != ids.size(0):
+        raise ValueError(f"ids must have one row per source: src has {src.size(0)} rows, ids {ids.size(0)}")
+    low, high = (ids.min().item(), ids.max().item()) if ids.numel() else (0, 0)
+    if low < 0 or high >= vocab:
+        raise ValueError(f"ids must be target token ids in [0, {vocab}), got min {low} and max {high}")
 
 
 def translate_beam(model, tokenizer, texts, beam_size=4, length_penalty=0.6, batch_size=500, max_len=16):

@@ -43,8 +43,7 @@ def batch_slice(dates, tokenizer, batch_size, seed, step, rank=0, world_size=1, 
     together are exactly the batch one process would train on. Returns a Batch on ``device``.
     """
     b = local_batch_size(batch_size, world_size)
-    if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < world_size:
-        raise ValueError(f"rank must be an integer in [0, world_size={world_size}), got {rank!r}")
+    _check_slice(seed, step, rank, world_size, device)
     examples = sample_examples(dates, batch_size, seed, step)
     return make_batch(examples[rank * b:(rank + 1) * b], tokenizer, device)
 
@@ -58,6 +57,35 @@ def local_batch_size(batch_size, world_size):
         raise ValueError(f"the global batch of {batch_size} examples does not split into {world_size} equal "
                          f"parts, one per process; use a batch size divisible by {world_size}")
     return batch_size // world_size
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_slice(seed, step, rank, world_size, device):
+    if not _is_int(rank) or not 0 <= rank < world_size:
+        raise ValueError(f"rank must be an integer in [0, world_size={world_size}), got {rank!r}")
+    if not _is_int(step) or step < 1:
+        raise ValueError(f"step must be a positive integer (training counts its steps from 1), got {step!r}")
+    if not _is_int(seed) or not 0 <= seed < 2 ** 63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), as TrainConfig takes, got {seed!r}")
+    _check_device(device)
+
+
+def _check_device(device):
+    """None or a device this PyTorch can put tensors on ('cpu', 'cuda:1', 'meta', a torch.device); else ValueError."""
+    if device is None:
+        return
+    try:
+        device = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device must be a torch.device or its name, such as 'cpu' or 'cuda', got {device!r}") from None
+    if device.type == "cuda":
+        _check_device_name("cuda")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(device)!r} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) "
+                             f"are visible")
 
 
 @dataclass(frozen=True)
@@ -88,8 +116,7 @@ def start(device="auto"):
     device = pick_device(device)
     if not launched():
         return Processes(rank=0, world_size=1, local_rank=0, device=device)
-    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    rank, world_size, local_rank = _group_from_environment(device)
     if device.type == "cuda":
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
@@ -102,6 +129,28 @@ def finish():
     """Leave the process group, if this process joined one."""
     if dist.is_initialized():
         dist.destroy_process_group()
+
+
+def _group_from_environment(device):
+    """RANK, WORLD_SIZE and LOCAL_RANK as torchrun sets them, checked before any process waits for another."""
+    values = {}
+    for name, default in (("RANK", None), ("WORLD_SIZE", None), ("LOCAL_RANK", "0")):
+        text = os.environ.get(name, default)
+        try:
+            values[name] = int(text)
+        except ValueError:
+            raise ValueError(f"the environment variable {name} must be an integer, got {text!r}") from None
+    rank, world_size, local_rank = values["RANK"], values["WORLD_SIZE"], values["LOCAL_RANK"]
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"the environment says RANK={rank} and WORLD_SIZE={world_size}; "
+                         f"a group needs WORLD_SIZE >= 1 and 0 <= RANK < WORLD_SIZE")
+    if not 0 <= local_rank < world_size:
+        raise ValueError(f"the environment says LOCAL_RANK={local_rank} and WORLD_SIZE={world_size}; "
+                         f"a process's rank on its machine is in 0..WORLD_SIZE-1")
+    if device.type == "cuda" and local_rank >= torch.cuda.device_count():
+        raise ValueError(f"LOCAL_RANK={local_rank} needs GPU cuda:{local_rank}, but only "
+                         f"{torch.cuda.device_count()} CUDA GPU(s) are visible")
+    return rank, world_size, local_rank
 
 
 class DistributedTransformer(DistributedDataParallel):
@@ -119,6 +168,7 @@ def wrap(model, processes):
     once, then averages the gradients across the group during each backward pass. The positional
     table is a constant buffer, so there is nothing to re-broadcast before each forward.
     """
+    _check_model_device(model, processes.device)
     if not dist.is_initialized():
         return model
     device_ids = [processes.device.index] if processes.device.type == "cuda" else None
@@ -132,3 +182,12 @@ def any_process(flag, processes):
     vote = torch.tensor([int(flag)], device=processes.device)
     dist.all_reduce(vote, op=dist.ReduceOp.MAX)
     return bool(vote.item())
+
+
+def _check_model_device(model, device):
+    found = {t.device for t in [*model.parameters(), *model.buffers()]}
+    elsewhere = [d for d in found
+                 if d.type != device.type or (None not in (d.index, device.index) and d.index != device.index)]
+    if elsewhere:
+        raise ValueError(f"the model is on {', '.join(sorted(map(str, found)))}, but this process trains on "
+                         f"{device}; build it there (build_model(..., device)) before wrapping it")

@@ -146,6 +146,13 @@ def _check_tokens(tokens, config, name="tokens"):
 
 def _check_feed(gpt, tokens, cache):
     _check_tokens(tokens, gpt.config)
+    c = gpt.config
+    if not isinstance(cache, GPTCache):
+        raise ValueError(f"cache must be a GPTCache (start_gpt_cache makes one), got {type(cache).__name__}")
+    expected = (c.num_layers, c.num_heads, c.d_model // c.num_heads)
+    got = (len(cache.keys), cache.keys[0].size(1), cache.keys[0].size(3)) if cache.keys else (0,)
+    if got != expected:
+        raise ValueError(f"the cache holds (layers, heads, d_k) = {got}; this GPT has {expected}")
     held = cache.keep.size(-1)
     if tokens.size(0) != cache.keep.size(0):
         raise ValueError(f"tokens has {tokens.size(0)} rows, the cache {cache.keep.size(0)}")
@@ -156,6 +163,7 @@ def _check_feed(gpt, tokens, cache):
 
 def gpt_parameter_count(config):
     """The number of parameters of GPT(config), from its layout (the chapter's formula)."""
+    _check_is_gpt_config(config)
     V, D, L, F = config.vocab_size, config.d_model, config.num_layers, config.d_ff
     learned = config.max_len * D if config.positions == "learned" else 0
     return V * D + L * (4 * D * D + 2 * D * F + F + 9 * D) + 2 * D + learned
@@ -185,6 +193,9 @@ def _check_pair(src, tgt, config):
         _check_tokens(x, config, name)
     if src.size(0) != tgt.size(0):
         raise ValueError(f"src and tgt must have the same batch size, got {src.size(0)} and {tgt.size(0)}")
+    if src.size(1) + tgt.size(1) > config.max_len:  # the GPT reads them as one row
+        raise ValueError(f"src (length {src.size(1)}) and tgt (length {tgt.size(1)}) make a row of "
+                         f"{src.size(1) + tgt.size(1)} tokens, more than max_len={config.max_len}")
 
 
 @dataclass
@@ -202,6 +213,8 @@ class GPTCache:
 
 def start_gpt_cache(gpt, batch_size, device=None):
     """An empty GPTCache for ``batch_size`` rows: nothing fed yet."""
+    if not _is_int(batch_size) or batch_size < 0:
+        raise ValueError(f"batch_size must be an integer >= 0, got {batch_size!r}")
     c = gpt.config
     empty = torch.zeros(batch_size, c.num_heads, 0, c.d_model // c.num_heads, device=device,
                         dtype=gpt.tok_embed.weight.dtype)

@@ -129,7 +129,7 @@ def _check_ids(tokens, vocab_size):
     if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.long, torch.int32):
         got = f"dtype {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
         raise TypeError(f"token ids must be a torch.long or torch.int32 tensor, got {got}")
-    if tokens.numel():
+    if tokens.numel() and not tokens.is_meta:  # a meta tensor has a shape but no values to check
         low, high = tokens.min().item(), tokens.max().item()
         if low < 0 or high >= vocab_size:
             raise ValueError(f"token ids must be in [0, {vocab_size}), got min {low} and max {high}")

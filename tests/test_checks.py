@@ -204,3 +204,71 @@ def test_the_torch_references_work_in_any_precision(dtype):
         if isinstance(module, MultiHeadAttention):
             module.__class__ = WrongScale
     assert not check_components(wrong).passed
+
+
+class NaNNorm(LayerNorm):
+    def forward(self, x):
+        return super().forward(x) * float("nan")
+
+
+class NaNAttention(MultiHeadAttention):
+    def forward(self, query, key, value, mask=None):
+        return super().forward(query, key, value, mask) * float("nan")
+
+
+@pytest.mark.parametrize("cls", [NaNNorm, NaNAttention])
+def test_components_fail_a_layer_whose_output_is_not_finite(cls):
+    # NaN compares False with everything: a layer that returns NaN must not slip under the tolerance.
+    model = tiny()
+    for module in model.modules():
+        if isinstance(module, cls.__base__):
+            module.__class__ = cls
+    result = check_components(model)
+    assert not result.passed and "NaN or infinity" in result.detail
+
+
+def test_check_attention_fails_a_nan_output_and_says_so():
+    result = check_attention(lambda q, k, v, mask: scaled_dot_product_attention(q, k, v, mask)[0] * float("nan"))
+    assert not result.passed and "NaN or infinity" in result.detail and "matches" not in result.detail
+
+
+def swapped(q, k, v, mask):
+    output, weights = scaled_dot_product_attention(q, k, v, mask)
+    return weights, output
+
+
+@pytest.mark.parametrize("attention, message", [
+    (None, "needs a function.*got NoneType"),
+    (swapped, r"first element is \(2, 3, 4, 6\), the shape of the weights"),
+    (lambda q, k, v, mask: scaled_dot_product_attention(q, k, v, mask)[0][:, :, :1], r"got \(2, 3, 1, 5\)"),
+    (lambda q, k, v, mask: "output", "got str"),
+])
+def test_check_attention_refuses_what_is_no_attention_function(attention, message):
+    with pytest.raises(ValueError, match=message):
+        check_attention(attention)
+
+
+def test_check_components_refuses_what_is_no_module():
+    with pytest.raises(ValueError, match="torch.nn.Module, got NoneType"):
+        check_components(None)
+
+
+@pytest.mark.parametrize("check, name", [(check_padding, "extra"), (check_overfit, "steps")])
+@pytest.mark.parametrize("value", [0, -1, 2.5, True])
+def test_counts_must_be_integers_of_at_least_one(check, name, value):
+    # extra=0 would pass vacuously, steps=0 could never pass; the others failed deep inside torch or Python.
+    with pytest.raises(ValueError, match=rf"{check.__name__}: {name} must be an integer >= 1, got {value!r}"):
+        check(tiny(), *data(), **{name: value})
+
+
+class DetachedLogits(Transformer):
+    def forward(self, src, tgt):
+        return super().forward(src, tgt).detach()
+
+
+def test_overfit_fails_a_model_that_cannot_train_instead_of_raising():
+    frozen = tiny().requires_grad_(False)
+    result = check_overfit(frozen, *data())
+    assert not result.passed and "no trainable parameters" in result.detail
+    result = check_overfit(tiny(DetachedLogits), *data())
+    assert not result.passed and "does not depend on any trainable parameter" in result.detail

@@ -404,3 +404,66 @@ def test_translate_beam_refuses_a_string_and_a_bad_batch_size():
         translate_beam(tiny(0), TOKENIZER, "25 November 2026")
     with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
         translate_beam(tiny(0), TOKENIZER, SOURCES, batch_size=0)
+
+
+# --- Bad input to the building blocks: start_cache, decode_step, sequence_log_prob
+
+
+def started(model, src):
+    """A fresh cache for src, its padding mask, and a first token per row."""
+    with torch.no_grad():
+        mask = (src != TOKENIZER.pad_id).unsqueeze(1)
+        return start_cache(model, model.encode(src, mask)), mask, torch.full((src.size(0),), START)
+
+
+@pytest.mark.parametrize("position, message", [
+    (64, r"position must be an integer from 0 to the model's max_len - 1 = 63, got 64"),  # past the table
+    (-1, r"position must be an integer from 0 .* got -1"),  # would silently read the table's last row
+    (2.0, r"position must be an integer .* got 2.0"),
+    (1, r"position must be 0, the number of positions already in the cache, got 1"),
+])
+def test_decode_step_refuses_a_bad_position(position, message):
+    model, src = tiny(0), padded_sources()
+    caches, mask, token = started(model, src)
+    with pytest.raises(ValueError, match=message):
+        decode_step(model, token, position, caches, mask)
+
+
+def test_decode_step_refuses_tokens_and_masks_that_do_not_fit_the_cache():
+    model, src = tiny(0), padded_sources()
+    B, S = src.shape
+    caches, mask, token = started(model, src)
+    with pytest.raises(ValueError, match=rf"token must be a \({B},\) tensor .* got \({B}, 1\)"):
+        decode_step(model, token[:, None], 0, caches, mask)
+    with pytest.raises(ValueError, match=rf"token must be a \({B},\) tensor .* got \({B - 1},\)"):
+        decode_step(model, token[1:], 0, caches, mask)
+    with pytest.raises(ValueError, match=rf"src_mask must be \({B}, 1, {S}\).* got \({B - 1}, 1, {S}\)"):
+        decode_step(model, token, 0, caches, mask[1:])
+    with pytest.raises(ValueError, match=r"caches must be start_cache's list of 2 LayerCache.* got 1"):
+        decode_step(model, token, 0, caches[:1], mask)  # zip() would silently skip the second layer
+    logits = decode_step(model, token, 0, caches, mask)  # the checks leave good input alone
+    assert logits.shape == (B, V)
+
+
+@pytest.mark.parametrize("memory, got", [
+    (torch.randn(2, 5, 8), r"\(2, 5, 8\)"),   # the wrong width
+    (torch.randn(5, 16), r"\(5, 16\)"),       # no batch axis
+    (torch.ones(2, 5, 16, dtype=torch.long), r"\(2, 5, 16\) torch.int64"),
+    ([[0.0] * 16], "list"),
+])
+def test_start_cache_refuses_memory_that_is_not_the_encoders_output(memory, got):
+    with pytest.raises(ValueError, match=r"memory must be .*d_model=16\), got " + got):
+        start_cache(tiny(0), memory)
+
+
+def test_sequence_log_prob_refuses_ids_that_are_not_a_batch_of_outputs():
+    model, src = tiny(0), padded_sources()
+    ids = greedy_decode(model, src, 6, START, END)
+    with pytest.raises(ValueError, match=r"ids must be a \(B, L\) tensor .* got \(6,\)"):
+        sequence_log_prob(model, src, ids[0], START, END)
+    with pytest.raises(ValueError, match=r"ids must have one row per source: src has 5 rows, ids 2"):
+        sequence_log_prob(model, src, ids[:2], START, END)
+    beyond = ids.clone()
+    beyond[0, -1] = V + 3  # the last column is never fed to the decoder, only looked up
+    with pytest.raises(ValueError, match=rf"ids must be target token ids in \[0, {V}\), got min \d+ and max {V + 3}"):
+        sequence_log_prob(model, src, beyond, START, END)

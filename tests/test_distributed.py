@@ -8,10 +8,11 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from book import cli
 from book.data import batch_for_step, date_tokenizer, make_batch, split_dates
-from book.distributed import batch_slice, local_batch_size, pick_device
+from book.distributed import Processes, batch_slice, local_batch_size, pick_device, start, wrap
 from book.train import TrainConfig, build_model, translate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -58,7 +59,8 @@ def test_two_processes_train_the_weights_of_one(runs):
     a, b = (torch.load(path, weights_only=True)["model"] for path in (one, two))
     assert a.keys() == b.keys()
     # A key bias adds the same number to every score of a query, which the softmax ignores: its true
-    # gradient is 0, so Adam turns rounding noise into steps of the learning rate's size in either run.
+    # gradient is 0, and its computed gradient is rounding noise of the size of Adam's eps (1e-9), which
+    # Adam turns into steps of a sizeable fraction of the learning rate, different in either run.
     # It changes no output (the logits below); every other weight must agree.
     differences = {name: (a[name] - b[name]).abs().max().item() for name in a if not name.endswith("k_proj.bias")}
     assert max(differences.values()) < WEIGHT_TOLERANCE, differences
@@ -143,6 +145,97 @@ def test_local_batch_size_refuses_sizes_that_are_not_positive_integers(batch_siz
 def test_batch_slice_refuses_a_rank_outside_the_world(rank):
     with pytest.raises(ValueError, match=rf"rank must be an integer in \[0, world_size=2\), got {rank}"):
         batch_slice(SPLIT.train, TOKENIZER, 8, 0, 1, rank, 2)
+
+
+@pytest.mark.parametrize("step", [0, -1, 1.5, True])
+def test_batch_slice_refuses_a_step_training_never_takes(step):
+    # Training counts its steps from 1; step 0 or 1.5 would quietly draw a batch no run ever sees.
+    with pytest.raises(ValueError, match=rf"step must be a positive integer .*got {step}"):
+        batch_slice(SPLIT.train, TOKENIZER, 8, 0, step, 0, 2)
+
+
+@pytest.mark.parametrize("seed", ["a", -1, 1.0, None])
+def test_batch_slice_refuses_a_seed_trainconfig_refuses(seed):
+    with pytest.raises(ValueError, match=rf"seed must be an integer in \[0, 2\*\*63\).*got {seed!r}"):
+        batch_slice(SPLIT.train, TOKENIZER, 8, seed, 1, 0, 2)
+
+
+def test_batch_slice_refuses_a_device_it_cannot_use():
+    with pytest.raises(ValueError, match="device must be a torch.device or its name.*'bogus'"):
+        batch_slice(SPLIT.train, TOKENIZER, 8, 0, 1, 0, 2, device="bogus")
+    if not torch.cuda.is_available():
+        for device in ("cuda", "cuda:1", torch.device("cuda", 0)):
+            with pytest.raises(ValueError, match="device 'cuda' asked for"):
+                batch_slice(SPLIT.train, TOKENIZER, 8, 0, 1, 0, 2, device=device)
+    assert batch_slice(SPLIT.train, TOKENIZER, 8, 0, 1, 0, 2, device=torch.device("cpu")).src.device.type == "cpu"
+
+
+def torchrun_environment(monkeypatch, **values):
+    # What torchrun tells a process, without a partner to meet: start must refuse before it waits for one.
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+
+
+@pytest.mark.timeout(60)  # a process told it has a partner waits for it; these must fail at once
+@pytest.mark.parametrize("environment, message", [
+    ({"RANK": "0", "WORLD_SIZE": "two"}, "WORLD_SIZE must be an integer, got 'two'"),
+    ({"RANK": "first", "WORLD_SIZE": "2"}, "RANK must be an integer, got 'first'"),
+    ({"RANK": "1", "WORLD_SIZE": "1"}, r"RANK=1 and WORLD_SIZE=1; a group needs .*0 <= RANK < WORLD_SIZE"),
+    ({"RANK": "-1", "WORLD_SIZE": "2"}, "RANK=-1 and WORLD_SIZE=2"),
+    ({"RANK": "0", "WORLD_SIZE": "0"}, "RANK=0 and WORLD_SIZE=0"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "x"}, "LOCAL_RANK must be an integer, got 'x'"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "-1"}, "LOCAL_RANK=-1 and WORLD_SIZE=2"),
+])
+def test_start_checks_what_torchrun_says_before_joining(monkeypatch, environment, message):
+    torchrun_environment(monkeypatch, **environment)
+    with pytest.raises(ValueError, match=message):
+        start("cpu")
+    assert not dist.is_initialized()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("world_size, message", [("two", "WORLD_SIZE must be an integer, got 'two'"),
+                                                 ("0", "RANK=0 and WORLD_SIZE=0")])
+def test_a_bad_torchrun_environment_is_one_clear_line(monkeypatch, tmp_path, capsys, world_size, message):
+    torchrun_environment(monkeypatch, RANK="0", WORLD_SIZE=world_size)
+    assert cli.main(["train", "--out", str(tmp_path / "m.pt"), "--device", "cpu", "--steps", "1", *TINY_ARGS]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0], err
+    assert not (tmp_path / "m.pt").exists()
+    # A process told it is rank 1 of 1 stops too, instead of waiting for a rank 0 that does not exist
+    # (silently: the command line lets only rank 0 speak).
+    torchrun_environment(monkeypatch, RANK="1", WORLD_SIZE="1")
+    assert cli.main(["train", "--out", str(tmp_path / "m.pt"), "--device", "cpu", "--steps", "1", *TINY_ARGS]) == 2
+    assert not (tmp_path / "m.pt").exists()
+
+
+@pytest.fixture
+def group_of_one(tmp_path):
+    """A gloo process group of one process, in this process, through a file: what wrap sees under torchrun."""
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'rendezvous'}", rank=0, world_size=1)
+    try:
+        yield Processes(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_wrap_refuses_a_model_on_another_device():
+    settings = TrainConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32)
+    alone = Processes(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="model is on meta, but this process trains on cpu"):
+        wrap(build_model(settings, TOKENIZER, device="meta"), alone)
+    model = build_model(settings, TOKENIZER)
+    assert wrap(model, alone) is model
+
+
+def test_wrap_in_a_group_refuses_a_model_on_another_device(group_of_one):
+    settings = TrainConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32)
+    with pytest.raises(ValueError, match="model is on meta, but this process trains on cpu"):
+        wrap(build_model(settings, TOKENIZER, device="meta"), group_of_one)
+    wrapped = wrap(build_model(settings, TOKENIZER), group_of_one)
+    assert wrapped.config.d_model == 16
 
 
 def test_local_batch_size_names_both_numbers():

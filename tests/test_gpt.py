@@ -695,3 +695,28 @@ def test_feed_refuses_what_the_cache_cannot_take():
     with pytest.raises(ValueError, match=rf"ids must be in \[0, {V}\)"):
         feed(gpt, torch.full((2, 1), V), cache)
     assert feed(gpt, tokens(2, 2, seed=3), cache).shape == (2, 2, V)
+
+
+def test_feed_refuses_a_cache_made_for_another_gpt():
+    gpt = tiny()
+    with pytest.raises(ValueError, match=r"\(layers, heads, d_k\) = \(2, 2, 8\); this GPT has \(3, 2, 8\)"):
+        feed(tiny(num_layers=3), tokens(1, 2, seed=1), start_gpt_cache(gpt, 1))
+    with pytest.raises(ValueError, match=r"this GPT has \(2, 4, 4\)"):
+        feed(tiny(num_heads=4), tokens(1, 2, seed=1), start_gpt_cache(gpt, 1))
+    with pytest.raises(ValueError, match="cache must be a GPTCache"):
+        feed(gpt, tokens(1, 2, seed=1), None)
+    for batch_size in (-1, 2.5, True):
+        with pytest.raises(ValueError, match="batch_size must be an integer >= 0"):
+            start_gpt_cache(gpt, batch_size)
+
+
+def test_translator_names_src_and_tgt_when_the_row_is_too_long():
+    model = GPTTranslator(tiny(max_len=16))
+    with pytest.raises(ValueError, match=r"src \(length 10\) and tgt \(length 10\) make a row of 20 tokens"):
+        model(tokens(1, 10, seed=1), tokens(1, 10, seed=2))
+    assert model(tokens(1, 10, seed=1), tokens(1, 6, seed=2)).shape == (1, 6, V)
+
+
+def test_parameter_count_takes_only_a_gpt_config():
+    with pytest.raises(ValueError, match="config must be a GPTConfig, got dict"):
+        gpt_parameter_count({"vocab_size": V})

@@ -465,3 +465,11 @@ def test_embedding_and_positions_used_alone_name_bad_input():
         positions(torch.zeros(1, 11, 4))
     with pytest.raises(ValueError, match=r"d_model=4\), got \(1, 3, 6\)"):
         positions(torch.zeros(1, 3, 6))
+
+
+def test_embedding_still_runs_on_the_meta_device():
+    # Shapes without values: the id check must not ask a meta tensor for its min and max.
+    with torch.device("meta"):
+        embedding = Embedding(vocab_size=5, d_model=4)
+        out = embedding(torch.zeros(2, 3, dtype=torch.long))
+    assert out.is_meta and out.shape == (2, 3, 4)
