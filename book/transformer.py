@@ -102,7 +102,7 @@ class Embedding(nn.Module):
         nn.init.normal_(self.weight)
 
     def forward(self, tokens):
-        _check_ids(tokens, self.vocab_size)
+        _check_ids(tokens, self.vocab_size, "the embedding's input")
         return F.embedding(tokens, self.weight) * self.scale
 
 
@@ -125,14 +125,14 @@ class PositionalEncoding(nn.Module):
         return self.dropout(x + self.pe[: x.size(1)])
 
 
-def _check_ids(tokens, vocab_size):
-    if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.long, torch.int32):
+def _check_ids(tokens, vocab_size, name):
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.long, torch.int32):  # what F.embedding takes
         got = f"dtype {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-        raise TypeError(f"token ids must be a torch.long or torch.int32 tensor, got {got}")
+        raise TypeError(f"{name} must hold integer token ids (torch.long or torch.int32), got {got}")
     if tokens.numel() and not tokens.is_meta:  # a meta tensor has a shape but no values to check
         low, high = tokens.min().item(), tokens.max().item()
         if low < 0 or high >= vocab_size:
-            raise ValueError(f"token ids must be in [0, {vocab_size}), got min {low} and max {high}")
+            raise ValueError(f"{name} token ids must be in [0, {vocab_size}), got min {low} and max {high}")
 
 
 def _check_sequence(x, pe):
@@ -245,14 +245,9 @@ def _check_2d(tokens, name):
 def _check_tokens(tokens, name, config):
     vocab_size = config.src_vocab_size if name == "src" else config.tgt_vocab_size
     _check_2d(tokens, name)
-    if tokens.dtype not in (torch.long, torch.int32):  # what nn.Embedding takes
-        raise TypeError(f"{name} must hold integer token ids (torch.long or torch.int32), got dtype {tokens.dtype}")
+    _check_ids(tokens, vocab_size, name)  # checked here too, so that the message names src or tgt
     if not 1 <= tokens.size(1) <= config.max_len:
         raise ValueError(f"{name} has length {tokens.size(1)}; expected 1 to max_len={config.max_len}")
-    if tokens.numel():
-        low, high = tokens.min().item(), tokens.max().item()
-        if low < 0 or high >= vocab_size:
-            raise ValueError(f"{name} token ids must be in [0, {vocab_size}), got min {low} and max {high}")
 
 
 def _check_decoder_input(tgt, memory, config):
