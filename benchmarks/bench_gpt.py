@@ -1,9 +1,9 @@
 """Chapter 11's two layouts on the clock: training steps per second, and GPT decoding with and without its cache.
 
-    python benchmarks/bench_gpt.py [--rounds 5] [--steps 20] [--dates 1000] [--threads N]
+    python benchmarks/bench_gpt.py [--rounds 5] [--steps 20] [--dates 1000] [--threads N] [--layers L]
 
 Builds chapter 8's encoder-decoder (book.train.TrainConfig) and chapter 11's GPTTranslator of the same
-width with as many layers as the two stacks together. Times --steps training steps of each on chapter
+width with as many blocks as each of its two stacks (--layers L for another number of blocks). Times --steps training steps of each on chapter
 8's batches, alternating the order over --rounds rounds, and reports the median time per step and the
 forward FLOPs of one batch (torch.utils.flop_counter). Then reads the first --dates test dates with the
 GPT, with book.gpt.generate cache=True and cache=False, and reports dates per second; an end id the model
@@ -23,12 +23,12 @@ import bench_transformer as bench  # its count_flops; run from the repository ro
 
 
 def comparison_gpt(settings, tokenizer, num_layers=None):
-    """Chapter 11's comparison GPT for ``settings``: its width, as many layers as its two stacks
-    (or ``num_layers``), seeded."""
+    """Chapter 11's comparison GPT for ``settings``: its width, as many blocks as each of its two
+    stacks (or ``num_layers``), seeded."""
     torch.manual_seed(settings.seed)
     return GPTTranslator(GPT(GPTConfig(
         vocab_size=len(tokenizer), d_model=settings.d_model, num_heads=settings.num_heads,
-        num_layers=num_layers or 2 * settings.num_layers, d_ff=settings.d_ff, dropout=0.0, max_len=64,
+        num_layers=num_layers or settings.num_layers, d_ff=settings.d_ff, dropout=0.0, max_len=64,
         pad_id=tokenizer.pad_id)))
 
 
@@ -43,15 +43,16 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="training steps timed per model and round")
     parser.add_argument("--dates", type=int, default=1000)
     parser.add_argument("--threads", type=int, help="torch.set_num_threads(N)")
+    parser.add_argument("--layers", type=int, help="blocks of the GPT (default: the chapter's, num_layers)")
     args = parser.parse_args()
-    if min(args.rounds, args.steps, args.dates) < 1:
-        parser.error("--rounds, --steps and --dates must be at least 1")
+    if min(args.rounds, args.steps, args.dates, args.layers or 1) < 1:
+        parser.error("--rounds, --steps, --dates and --layers must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizer, split = date_tokenizer(), split_dates()
     settings = TrainConfig()
     models = {"encoder-decoder": build_model(settings, tokenizer)}
-    models["decoder-only"] = comparison_gpt(settings, tokenizer)
+    models["decoder-only"] = comparison_gpt(settings, tokenizer, num_layers=args.layers)
     optimizers = {name: make_optimizer(model) for name, model in models.items()}
     batches = [batch_for_step(split.train, tokenizer, settings.batch_size, settings.seed, step)
                for step in range(1, args.steps + 1)]

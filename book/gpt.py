@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from book.attention import causal_mask, padding_mask
 from book.decoding import attend
@@ -89,7 +90,9 @@ class GPT(nn.Module):
         """tokens, positions: (B, T) -> x_0 (B, T, D)."""
         x = self.tok_embed(tokens)
         if self.pe is not None:
-            x = x + self.pe[positions]
+            # The look-up self.pe[positions], written as F.embedding: its backward sums the gradients
+            # of repeated rows in a fixed order, where indexing's backward on several threads does not.
+            x = x + F.embedding(positions, self.pe)
         return self.dropout(x)
 
     def forward(self, tokens):

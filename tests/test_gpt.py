@@ -293,6 +293,25 @@ def test_every_parameter_of_the_translator_gets_a_gradient(positions):
     assert result.passed, str(result)
 
 
+def test_learned_positions_get_the_same_gradient_every_time():
+    # Indexing a parameter, pe[positions], has a backward that on several threads adds the gradients of
+    # repeated rows in a varying order: the same step gave other weights on every run. F.embedding does not.
+    model = GPT(GPTConfig(vocab_size=V, d_model=32, num_heads=4, num_layers=1, d_ff=32, max_len=48,
+                          positions="learned", dropout=0.0))
+    x = torch.randint(1, V, (128, 41), generator=torch.Generator().manual_seed(0))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        grads = set()
+        for _ in range(10):
+            model.zero_grad()
+            model(x).square().mean().backward()
+            grads.add(tuple(model.pe.grad.flatten().tolist()))
+    finally:
+        torch.set_num_threads(threads)
+    assert len(grads) == 1
+
+
 def test_gradient_check_catches_detached_positions():
     result = check_gradients(GPTTranslator(tiny(cls=DetachedPositions, positions="learned")), *pair())
     assert not result.passed and "gpt.pe" in result.detail
