@@ -3,9 +3,9 @@
     python benchmarks/bench_gpt.py [--rounds 5] [--steps 20] [--dates 1000] [--threads N] [--layers L]
 
 Builds chapter 8's encoder-decoder (book.train.TrainConfig) and chapter 11's GPTTranslator of the same
-width with as many blocks as each of its two stacks (--layers L for another number of blocks). Times --steps training steps of each on chapter
-8's batches, alternating the order over --rounds rounds, and reports the median time per step and the
-forward FLOPs of one batch (torch.utils.flop_counter). Then reads the first --dates test dates with the
+width with as many blocks as each of its two stacks (--layers L for another number of blocks). Times
+--steps training steps of each on chapter 8's batches, alternating the order over --rounds rounds,
+and reports the median time per step and the forward FLOPs of one batch (torch.utils.flop_counter). Then reads the first --dates test dates with the
 GPT, with book.gpt.generate cache=True and cache=False, and reports dates per second; an end id the model
 can never write (-1) makes every answer 16 tokens long, so both decoders do the same number of steps.
 """
@@ -45,7 +45,7 @@ def main():
     parser.add_argument("--threads", type=int, help="torch.set_num_threads(N)")
     parser.add_argument("--layers", type=int, help="blocks of the GPT (default: the chapter's, num_layers)")
     args = parser.parse_args()
-    if min(args.rounds, args.steps, args.dates, args.layers or 1) < 1:
+    if min(args.rounds, args.steps, args.dates) < 1 or (args.layers is not None and args.layers < 1):
         parser.error("--rounds, --steps, --dates and --layers must be at least 1")
     if args.threads:
         torch.set_num_threads(args.threads)

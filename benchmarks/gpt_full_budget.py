@@ -9,8 +9,8 @@ updates, the training time, and the exact match on the 3,000 test dates with the
 format, and the forward FLOPs per batch of the GPT and of chapter 8's encoder-decoder. Chapter 11
 trains seed 0 with 2 blocks; --seed S repeats it with another seed, and --layers L trains a GPT of L
 blocks instead (with 4, as many as the encoder and decoder together, it does 1.78 times the
-encoder-decoder's arithmetic per batch). Also prints the share of the positions in the training batches that are real
-tokens, not padding. Chapter 8's encoder-decoder with the same run: `python -m book train --out M.pt --seed S`.
+encoder-decoder's arithmetic per batch). Also prints the share of the positions in the training
+batches that are real tokens, not padding. Chapter 8's encoder-decoder with the same run: `python -m book train --out M.pt --seed S`.
 """
 import argparse
 import time
