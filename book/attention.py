@@ -14,15 +14,19 @@ def softmax(x, dim=-1):
     """Numerically stable softmax along ``dim``; equals ``torch.softmax``.
 
     x: a floating-point tensor of any shape. Returns a tensor of the same shape
-    whose entries along ``dim`` are >= 0 and sum to 1. A slice that is entirely
-    ``-inf`` (a query with no key it may attend to) becomes all zeros instead of
-    NaN, and so does its gradient.
+    and dtype whose entries along ``dim`` are >= 0 and sum to 1. A slice that is
+    entirely ``-inf`` (a query with no key it may attend to) becomes all zeros
+    instead of NaN, and so does its gradient. Half-precision input (float16,
+    bfloat16) is computed in float32 and rounded once, at the end.
     """
     if _nothing_to_normalise(x, dim):
         return x.clone()
+    dtype = x.dtype
+    if dtype in (torch.float16, torch.bfloat16):
+        x = x.float()  # half precision: compute in float32, round once at the end
     shift = x.amax(dim=dim, keepdim=True).detach()
     exps = torch.exp(x - shift.clamp(min=torch.finfo(x.dtype).min))
-    return exps / exps.sum(dim=dim, keepdim=True).clamp(min=1.0)
+    return (exps / exps.sum(dim=dim, keepdim=True).clamp(min=1.0)).to(dtype)
 
 
 def _nothing_to_normalise(x, dim):
@@ -48,7 +52,7 @@ def scaled_dot_product_attention(query, key, value, mask=None, dropout=None):
     A query with no allowed key gets zero weights and a zero output.
     """
     _check_attention_inputs(query, key, value, mask)
-    scores = query @ key.transpose(-2, -1) / math.sqrt(query.size(-1))
+    scores = (query / math.sqrt(query.size(-1))) @ key.transpose(-2, -1)  # Q K^T / sqrt(d_k)
     if mask is not None:
         scores = scores + torch.where(mask, 0.0, float("-inf")).to(scores.dtype)
     weights = softmax(scores, dim=-1)

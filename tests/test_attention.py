@@ -329,3 +329,63 @@ def test_dtype_mismatch():
 
 def test_zero_width():
     _raises_naming([(5, 0)], torch.randn(5, 0), torch.randn(6, 0), torch.randn(6, 3))
+
+
+# ---------------------------------------------------------------- half precision
+
+# Four units in the last place of the output's dtype: float16 keeps 11 significant bits, bfloat16 8.
+HALF_TOLERANCE = {dtype: dict(atol=4 * torch.finfo(dtype).eps, rtol=4 * torch.finfo(dtype).eps)
+                  for dtype in (torch.float16, torch.bfloat16)}
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("seed", range(5))
+def test_half_precision_matches_torch(dtype, seed):
+    gen = torch.Generator().manual_seed(seed)
+    query = torch.randn(2, 3, 7, 32, generator=gen).to(dtype)
+    key = torch.randn(2, 3, 9, 32, generator=gen).to(dtype)
+    value = torch.randn(2, 3, 9, 16, generator=gen).to(dtype)
+    mask = torch.rand(2, 1, 7, 9, generator=gen) < 0.6
+    mask[..., 0] = True
+    output, weights = scaled_dot_product_attention(query, key, value, mask)
+    assert output.dtype == dtype and weights.dtype == dtype
+    reference = F.scaled_dot_product_attention(query, key, value, attn_mask=mask)
+    torch.testing.assert_close(output, reference, **HALF_TOLERANCE[dtype])
+    # And against the same inputs computed exactly (float64), rounded to the dtype.
+    exact = F.scaled_dot_product_attention(query.double(), key.double(), value.double(), attn_mask=mask)
+    torch.testing.assert_close(output, exact.to(dtype), **HALF_TOLERANCE[dtype])
+
+
+def test_float16_scores_whose_product_overflows_before_scaling():
+    # |q . k| reaches about 9.6e4 here, above float16's largest number 65504: dividing Q K^T by sqrt(d_k)
+    # after the product gives inf, then NaN. Each query is its own key, so the weights are one-hot.
+    x = 35 * torch.randn(6, 64, generator=torch.Generator().manual_seed(1))
+    assert (x @ x.T).abs().max() > torch.finfo(torch.float16).max
+    query = key = x.half()
+    value = torch.randn(6, 8, generator=torch.Generator().manual_seed(2)).half()
+    output, weights = scaled_dot_product_attention(query, key, value)
+    assert torch.isfinite(output).all() and torch.isfinite(weights).all()
+    torch.testing.assert_close(weights, torch.eye(6, dtype=torch.float16))
+    torch.testing.assert_close(output, F.scaled_dot_product_attention(query, key, value),
+                               **HALF_TOLERANCE[torch.float16])
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_softmax_keeps_its_dtype_and_computes_in_float32(dtype):
+    x = 8 * torch.randn(4, 1000, generator=torch.Generator().manual_seed(3))
+    ours = softmax(x.to(dtype))
+    assert ours.dtype == dtype
+    # Computed in float32 and rounded once: the float32 softmax of the same inputs, rounded.
+    torch.testing.assert_close(ours, torch.softmax(x.to(dtype).float(), dim=-1).to(dtype), atol=0, rtol=0)
+    masked = torch.full((2, 5), float("-inf"), dtype=dtype)
+    assert (softmax(masked) == 0).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_gradients_are_finite_and_keep_the_dtype(dtype):
+    gen = torch.Generator().manual_seed(4)
+    query = torch.randn(2, 5, 16, generator=gen).to(dtype).requires_grad_()
+    key, value = torch.randn(2, 5, 16, generator=gen).to(dtype), torch.randn(2, 5, 8, generator=gen).to(dtype)
+    output, _ = scaled_dot_product_attention(query, key, value, causal_mask(5))
+    output.float().square().sum().backward()
+    assert query.grad.dtype == dtype and torch.isfinite(query.grad).all()
