@@ -137,3 +137,30 @@ def test_the_core_is_checked_before_it_runs():
         positional_shift_matrix(2.0, 8)
     with pytest.raises(ValueError, match="got list"):
         self_attention([[1.0, 2.0], [3.0, 4.0]])
+
+
+def _paper_formula(pos, feature, d_model):
+    # Section 3.5 of the paper, one entry at a time: sin or cos of pos / 10000^(2i / d_model), i = feature // 2.
+    angle = pos / 10000 ** (2 * (feature // 2) / d_model)
+    return math.sin(angle) if feature % 2 == 0 else math.cos(angle)
+
+
+@pytest.mark.parametrize("max_len, d_model", [(200, 64), (7, 2), (60, 10)])
+def test_every_entry_of_the_positional_encoding_is_the_papers_formula(max_len, d_model):
+    pe = sinusoidal_positional_encoding(max_len, d_model)
+    by_hand = torch.tensor([[_paper_formula(p, f, d_model) for f in range(d_model)] for p in range(max_len)],
+                           dtype=torch.float64)
+    # float32 rounding of entries in [-1, 1] is at most 6e-8.
+    torch.testing.assert_close(pe.double(), by_hand, atol=1e-6, rtol=0)
+
+
+def test_every_entry_in_float64_is_the_papers_formula_far_out():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        pe = sinusoidal_positional_encoding(2000, 16)
+    finally:
+        torch.set_default_dtype(previous)
+    by_hand = torch.tensor([[_paper_formula(p, f, 16) for f in range(16)] for p in range(0, 2000, 37)],
+                           dtype=torch.float64)
+    torch.testing.assert_close(pe[::37], by_hand, atol=1e-10, rtol=0)
