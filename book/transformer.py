@@ -101,8 +101,9 @@ class Embedding(nn.Module):
         self.weight = nn.Parameter(torch.empty(vocab_size, d_model))
         nn.init.normal_(self.weight)
 
-    def forward(self, tokens):
-        _check_ids(tokens, self.vocab_size, "the embedding's input")
+    def forward(self, tokens, name="the embedding's input"):
+        """tokens: (B, T) ids -> (B, T, D); ``name`` is how an error message calls them."""
+        _check_ids(tokens, self.vocab_size, name)
         return F.embedding(tokens, self.weight) * self.scale
 
 
@@ -110,7 +111,8 @@ class PositionalEncoding(nn.Module):
     """x (B, T, D) -> dropout(x + PE[:T]), with the sinusoidal table PE (max_len, D).
 
     The table is a buffer, not a parameter: it moves with the model (``.to``)
-    but is never trained and not stored in the state dict.
+    but is never trained and not stored in the state dict. A table built on the
+    meta device is computed again when the module gets real memory (``to_empty``).
     """
 
     def __init__(self, d_model, max_len, dropout=0.0):
@@ -124,13 +126,24 @@ class PositionalEncoding(nn.Module):
         _check_sequence(x, self.pe)
         return self.dropout(x + self.pe[: x.size(1)])
 
+    def _apply(self, fn, recurse=True):
+        # Every move (.to, .double, to_empty) goes through _apply. to_empty hands a meta
+        # buffer uninitialized memory, so a table that had no values is computed afresh.
+        had_no_values = self.pe.is_meta
+        super()._apply(fn, recurse)
+        if had_no_values and not self.pe.is_meta:
+            with torch.device(self.pe.device):
+                self.pe = sinusoidal_positional_encoding(*self.pe.shape).to(self.pe.dtype)
+        return self
+
 
 def _check_ids(tokens, vocab_size, name):
     if not isinstance(tokens, torch.Tensor) or tokens.dtype not in (torch.long, torch.int32):  # what F.embedding takes
         got = f"dtype {tokens.dtype}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
         raise TypeError(f"{name} must hold integer token ids (torch.long or torch.int32), got {got}")
     if tokens.numel() and not tokens.is_meta:  # a meta tensor has a shape but no values to check
-        low, high = tokens.min().item(), tokens.max().item()
+        # One reduction and one copy to the host: on a GPU each copy waits for the device.
+        low, high = torch.stack(torch.aminmax(tokens)).tolist()
         if low < 0 or high >= vocab_size:
             raise ValueError(f"{name} token ids must be in [0, {vocab_size}), got min {low} and max {high}")
 
@@ -194,31 +207,40 @@ class Transformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self):
-        """Xavier-uniform for every weight matrix; vectors (biases, norm gains) keep their initial values."""
+        """Xavier-uniform for every weight matrix, each by its own shape (W^Q, W^K, W^V are three
+        (h*d_k, D) or (h*d_v, D) maps); vectors (biases, norm gains) keep their modules' values."""
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
 
     def encode(self, src, src_mask=None):
-        """src: (B, S) token ids -> memory H (B, S, D); src_mask defaults to padding (B, 1, S)."""
+        """src: (B, S) token ids -> memory H (B, S, D); src_mask defaults to padding (B, 1, S).
+
+        The memory carries the mask it was made with, as ``memory.src_mask``.
+        """
         _check_tokens(src, "src", self.config)
         if src_mask is None:
             src_mask = padding_mask(src, self.config.pad_id)
-        x = self.positions(self.src_embed(src))
+        x = self.positions(self.src_embed(src, "src"))
         for layer in self.encoder_layers:
             x = layer(x, src_mask)
-        return self.encoder_norm(x)
+        memory = self.encoder_norm(x)
+        memory.src_mask = src_mask  # decode needs it, and never sees the source tokens
+        return memory
 
     def decode(self, tgt, memory, src_mask=None, tgt_mask=None):
         """tgt: (B, T) token ids, memory: (B, S, D) -> logits (B, T, tgt_vocab_size).
 
-        tgt_mask defaults to padding & causal (B, T, T). Pass the src_mask used
-        for ``encode`` (B, 1, S) so that the cross-attention ignores source padding.
+        tgt_mask defaults to padding & causal (B, T, T). src_mask (B, 1, S) defaults to
+        ``memory.src_mask``, the mask ``encode`` used; a memory without one (built or changed
+        by other code) needs an explicit src_mask, else ValueError.
         """
         _check_decoder_input(tgt, memory, self.config)
+        if src_mask is None:
+            src_mask = _mask_of(memory)
         if tgt_mask is None:
             tgt_mask = padding_mask(tgt, self.config.pad_id) & causal_mask(tgt.size(1), tgt.device)
-        y = self.positions(self.tgt_embed(tgt))
+        y = self.positions(self.tgt_embed(tgt, "tgt"))
         for layer in self.decoder_layers:
             y = layer(y, memory, tgt_mask, src_mask)
         return self.generator(self.decoder_norm(y))
@@ -243,9 +265,7 @@ def _check_2d(tokens, name):
 
 
 def _check_tokens(tokens, name, config):
-    vocab_size = config.src_vocab_size if name == "src" else config.tgt_vocab_size
-    _check_2d(tokens, name)
-    _check_ids(tokens, vocab_size, name)  # checked here too, so that the message names src or tgt
+    _check_2d(tokens, name)  # the ids themselves are checked by the embedding, once
     if not 1 <= tokens.size(1) <= config.max_len:
         raise ValueError(f"{name} has length {tokens.size(1)}; expected 1 to max_len={config.max_len}")
 
@@ -263,6 +283,18 @@ def _check_batch(src, tgt):
     _check_2d(tgt, "tgt")
     if src.size(0) != tgt.size(0):
         raise ValueError(f"src and tgt must have the same batch size, got {src.size(0)} and {tgt.size(0)}")
+
+
+def _mask_of(memory):
+    """The source padding mask that encode left on memory; ValueError if there is none."""
+    mask = getattr(memory, "src_mask", None)
+    if mask is None:
+        raise ValueError(
+            f"decode got a memory of shape {tuple(memory.shape)} without a src_mask: pass the mask of its "
+            f"source (B, 1, S), e.g. padding_mask(src, pad_id), or torch.ones(B, 1, S, dtype=torch.bool) "
+            f"for a source without padding"
+        )
+    return mask
 
 
 class TorchReference(nn.Module):

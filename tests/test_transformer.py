@@ -473,3 +473,143 @@ def test_embedding_still_runs_on_the_meta_device():
         embedding = Embedding(vocab_size=5, d_model=4)
         out = embedding(torch.zeros(2, 3, dtype=torch.long))
     assert out.is_meta and out.shape == (2, 3, 4)
+
+
+# --------------------------------------------------------------------------- issue fixes: masks, meta, syncs, gradients
+def _padded_batch(seed=30):
+    src, tgt = tokens(3, 7, 17, seed), tokens(3, 5, 19, seed + 1)
+    src[0, 4:] = 0
+    src[2, 6:] = 0
+    tgt[1, 3:] = 0
+    return src, tgt
+
+
+def test_decode_uses_the_source_mask_that_encode_kept(model):
+    src, tgt = _padded_batch()
+    with torch.no_grad():
+        memory = model.encode(src)
+        assert torch.equal(memory.src_mask, padding_mask(src, 0))
+        torch.testing.assert_close(model.decode(tgt, memory), model(src, tgt), atol=1e-6, rtol=0)
+        # Attending to the padding instead changes the logits: the default must not do that.
+        everything = torch.ones(3, 1, 7, dtype=torch.bool)
+        assert (model.decode(tgt, memory, everything) - model(src, tgt)).abs().max() > 1e-3
+
+
+def test_decode_refuses_a_memory_without_its_source_mask(model):
+    src, tgt = _padded_batch()
+    with torch.no_grad():
+        memory = model.encode(src).clone()  # a copy: no longer the tensor encode returned
+        with pytest.raises(ValueError, match=r"memory of shape \(3, 7, 16\) without a src_mask"):
+            model.decode(tgt, memory)
+        with pytest.raises(ValueError, match="src_mask"):
+            model.decode(tgt, torch.zeros(3, 7, 16))
+        torch.testing.assert_close(model.decode(tgt, memory, padding_mask(src, 0)), model(src, tgt),
+                                   atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_positional_table_is_rebuilt_after_meta_and_to_empty(norm_first):
+    config = TransformerConfig(**{**TINY, "norm_first": norm_first})
+    with torch.device("meta"):
+        model = Transformer(config)
+    assert model.positions.pe.is_meta
+    model.to_empty(device="cpu")
+    assert torch.equal(model.positions.pe, sinusoidal_positional_encoding(40, 16))
+    with torch.device("meta"):
+        alone = PositionalEncoding(d_model=8, max_len=12)
+    alone.to_empty(device="cpu")
+    assert torch.equal(alone.pe, sinusoidal_positional_encoding(12, 8))
+    # An ordinary move keeps the table and converts it.
+    assert torch.equal(alone.double().pe, sinusoidal_positional_encoding(12, 8).double())
+
+
+def test_token_checks_copy_to_the_host_once_per_token_tensor(model, monkeypatch):
+    calls = []
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, _original=original, _name=name, **kwargs):
+            calls.append(_name)
+            return _original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    src, tgt = _padded_batch()
+    with torch.no_grad():
+        model(src, tgt)
+    assert len(calls) == 2, calls  # one for src, one for tgt
+
+
+def _torch_gradients(ours, reference):
+    """Our parameter name -> the gradient of the same weights in TorchReference."""
+    grads = {"src_embed.weight": reference.src_embed.weight.grad,
+             "generator.weight": reference.generator.weight.grad}
+    if not ours.config.share_embeddings:
+        grads["tgt_embed.weight"] = reference.tgt_embed.weight.grad
+
+    def attention(prefix, theirs):
+        d = ours.config.d_model
+        for i, role in enumerate("qkv"):
+            grads[f"{prefix}.{role}_proj.weight"] = theirs.in_proj_weight.grad[i * d:(i + 1) * d]
+            grads[f"{prefix}.{role}_proj.bias"] = theirs.in_proj_bias.grad[i * d:(i + 1) * d]
+        grads[f"{prefix}.out_proj.weight"] = theirs.out_proj.weight.grad
+        grads[f"{prefix}.out_proj.bias"] = theirs.out_proj.bias.grad
+
+    def sublayers(prefix, theirs, residuals):
+        for name in ("weight", "bias"):
+            for i in (1, 2):
+                grads[f"{prefix}.feed_forward.linear{i}.{name}"] = getattr(getattr(theirs, f"linear{i}"), name).grad
+            for i, residual in enumerate(residuals, start=1):
+                grads[f"{prefix}.{residual}.norm.{name}"] = getattr(getattr(theirs, f"norm{i}"), name).grad
+
+    for i, theirs in enumerate(reference.transformer.encoder.layers):
+        attention(f"encoder_layers.{i}.self_attn", theirs.self_attn)
+        sublayers(f"encoder_layers.{i}", theirs, ["attn_residual", "ff_residual"])
+    for i, theirs in enumerate(reference.transformer.decoder.layers):
+        attention(f"decoder_layers.{i}.self_attn", theirs.self_attn)
+        attention(f"decoder_layers.{i}.cross_attn", theirs.multihead_attn)
+        sublayers(f"decoder_layers.{i}", theirs, ["self_residual", "cross_residual", "ff_residual"])
+    if ours.config.norm_first:
+        for name in ("weight", "bias"):
+            grads[f"encoder_norm.{name}"] = getattr(reference.transformer.encoder.norm, name).grad
+            grads[f"decoder_norm.{name}"] = getattr(reference.transformer.decoder.norm, name).grad
+    return grads
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("share", [False, True])
+def test_every_gradient_matches_torch_in_train_mode(norm_first, share):
+    # Train mode (torch's ordinary path, no fast path), dropout 0, so both compute the same function.
+    changes = dict(src_vocab_size=23, tgt_vocab_size=23 if share else 29, share_embeddings=share)
+    ours = make_model(seed=5, d_model=32, num_heads=4, dropout=0.0, norm_first=norm_first, **changes).train()
+    _perturb_vectors(ours, 6)
+    reference = TorchReference(ours.config).copy_from(ours).train()
+    src, tgt = tokens(4, 9, 23, 31), tokens(4, 7, 23, 32)
+    for b, (s, t) in enumerate([(9, 7), (5, 3), (2, 7), (9, 1)]):
+        src[b, s:] = 0
+        tgt[b, t:] = 0
+    target = tokens(4, 7, 23, 33)
+    for m in (ours, reference):
+        loss = nn.functional.cross_entropy(m(src, tgt).flatten(0, 1), target.flatten(), ignore_index=0)
+        loss.backward()
+    theirs = _torch_gradients(ours, reference)
+    names = [name for name, _ in ours.named_parameters()]
+    assert set(names) <= set(theirs)  # a shared matrix is listed once, as src_embed.weight
+    largest = max(p.grad.abs().max().item() for p in ours.parameters())
+    for name, p in ours.named_parameters():
+        # float32 rounding of two summation orders: absolute 1e-5 of the largest gradient, or 1e-4 relative.
+        torch.testing.assert_close(p.grad, theirs[name], atol=1e-5 * largest, rtol=1e-4, msg=name)
+
+
+def test_gradient_comparison_can_fail():
+    ours = make_model(seed=5, d_model=32, num_heads=4, dropout=0.0).train()
+    _perturb_vectors(ours, 6)
+    reference = TorchReference(ours.config).copy_from(ours).train()
+    with torch.no_grad():
+        reference.transformer.encoder.layers[0].linear1.bias[0] += 0.05  # one number off
+    src, tgt, target = tokens(2, 6, 17, 34), tokens(2, 5, 19, 35), tokens(2, 5, 19, 36)
+    for m in (ours, reference):
+        nn.functional.cross_entropy(m(src, tgt).flatten(0, 1), target.flatten()).backward()
+    theirs = _torch_gradients(ours, reference)
+    largest = max(p.grad.abs().max().item() for p in ours.parameters())
+    worst = max((p.grad - theirs[name]).abs().max().item() for name, p in ours.named_parameters())
+    assert worst > 1e-5 * largest * 10
