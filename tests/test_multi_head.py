@@ -249,3 +249,64 @@ def test_store_weights_can_be_switched_off():
     # Gradients are unaffected.
     skipping(x, x, x).sum().backward()
     assert all(p.grad is not None for p in skipping.parameters())
+
+
+def mha_gradient_pairs(ours, theirs):
+    """(name, our gradient, torch's gradient) for every parameter of a MultiHeadAttention and its torch twin."""
+    packed_weight = theirs.in_proj_weight.grad.chunk(3)
+    packed_bias = theirs.in_proj_bias.grad.chunk(3)
+    for name, proj, weight, bias in zip("qkv", (ours.q_proj, ours.k_proj, ours.v_proj), packed_weight, packed_bias):
+        yield f"{name}_proj.weight", proj.weight.grad, weight
+        yield f"{name}_proj.bias", proj.bias.grad, bias
+    yield "out_proj.weight", ours.out_proj.weight.grad, theirs.out_proj.weight.grad
+    yield "out_proj.bias", ours.out_proj.bias.grad, theirs.out_proj.bias.grad
+
+
+GRAD_ATOL, GRAD_RTOL = 1e-5, 1e-4  # float32: gradients agree to rounding
+
+
+@pytest.mark.parametrize("kind", ["self, causal", "self, padding", "cross, padding", "cross, arbitrary"])
+def test_every_gradient_matches_torch_in_training(kind):
+    """Train mode, dropout 0: the gradients of the inputs and of every parameter equal torch's."""
+    torch.manual_seed(7)
+    batch, t_q, t_k, d_model, heads = 3, 5, 7, 12, 3
+    mha = MultiHeadAttention(d_model, heads, dropout=0.0).train()
+    twin = torch_twin(mha).train()
+    self_attention = kind.startswith("self")
+    t_k = t_q if self_attention else t_k
+    query = torch.randn(batch, t_q, d_model, requires_grad=True)
+    memory = query if self_attention else torch.randn(batch, t_k, d_model, requires_grad=True)
+    keep = lengths_keep([t_k, t_k - 2, 1], t_k)
+    if kind == "self, causal":
+        mask, theirs_kwargs = causal_mask(t_q), {"attn_mask": ~causal_mask(t_q)}
+    elif kind.endswith("padding"):
+        mask, theirs_kwargs = keep[:, None, :], {"key_padding_mask": ~keep}
+    else:
+        mask = torch.rand(batch, t_q, t_k) < 0.5
+        mask[..., 0] = True
+        theirs_kwargs = {"attn_mask": (~mask).repeat_interleave(heads, dim=0)}
+    query_twin = query.detach().clone().requires_grad_()
+    memory_twin = query_twin if self_attention else memory.detach().clone().requires_grad_()
+    upstream = torch.randn(batch, t_q, d_model)  # a different gradient for every output element
+    (mha(query, memory, memory, mask) * upstream).sum().backward()
+    (twin(query_twin, memory_twin, memory_twin, **theirs_kwargs)[0] * upstream).sum().backward()
+    torch.testing.assert_close(query.grad, query_twin.grad, atol=GRAD_ATOL, rtol=GRAD_RTOL)
+    if not self_attention:
+        torch.testing.assert_close(memory.grad, memory_twin.grad, atol=GRAD_ATOL, rtol=GRAD_RTOL)
+    for name, ours, theirs in mha_gradient_pairs(mha, twin):
+        torch.testing.assert_close(ours, theirs, atol=GRAD_ATOL, rtol=GRAD_RTOL, msg=lambda m: f"{name}: {m}")
+
+
+def test_gradient_check_can_fail():
+    """The comparison notices a gradient that differs: here, heads whose key slices were swapped."""
+    torch.manual_seed(8)
+    mha = MultiHeadAttention(8, 2, dropout=0.0)
+    twin = torch_twin(mha).train()
+    with torch.no_grad():
+        mha.k_proj.weight.copy_(mha.k_proj.weight.roll(4, dims=0))
+    x = torch.randn(2, 4, 8)
+    mha(x, x, x).square().sum().backward()
+    twin(x, x, x)[0].square().sum().backward()
+    differs = [name for name, ours, theirs in mha_gradient_pairs(mha, twin)
+               if not torch.allclose(ours, theirs, atol=GRAD_ATOL, rtol=GRAD_RTOL)]
+    assert differs

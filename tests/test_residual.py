@@ -259,3 +259,52 @@ def test_encoder_layer_bad_input():
         layer(torch.randn(2, 5, 16), causal_mask(4))
     with pytest.raises(ValueError, match="not divisible"):
         EncoderLayer(10, 4, 32)
+
+
+GRAD_ATOL, GRAD_RTOL = 1e-5, 1e-4  # float32: gradients agree to rounding
+
+
+def attention_gradient_pairs(prefix, ours, theirs):
+    """(name, our gradient, torch's) for a MultiHeadAttention and the nn.MultiheadAttention holding its weights."""
+    for name, proj, weight, bias in zip("qkv", (ours.q_proj, ours.k_proj, ours.v_proj),
+                                        theirs.in_proj_weight.grad.chunk(3), theirs.in_proj_bias.grad.chunk(3)):
+        yield f"{prefix}.{name}_proj.weight", proj.weight.grad, weight
+        yield f"{prefix}.{name}_proj.bias", proj.bias.grad, bias
+    yield f"{prefix}.out_proj.weight", ours.out_proj.weight.grad, theirs.out_proj.weight.grad
+    yield f"{prefix}.out_proj.bias", ours.out_proj.bias.grad, theirs.out_proj.bias.grad
+
+
+def module_gradient_pairs(prefix, ours, theirs):
+    for name, parameter in ours.named_parameters():
+        yield f"{prefix}.{name}", parameter.grad, dict(theirs.named_parameters())[name].grad
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_encoder_layer_every_gradient_matches_torch_in_training(norm_first, masked):
+    """Train mode, dropout 0, post- and pre-norm: the input's and every parameter's gradient equal torch's."""
+    torch.manual_seed(11)
+    layer = EncoderLayer(16, 4, 32, dropout=0.0, norm_first=norm_first).train()
+    randomize_norms(layer)
+    twin = torch_twin(layer).train()
+    for module in twin.modules():  # the twin was built with dropout 0.1: switch it off
+        if isinstance(module, nn.Dropout):
+            module.p = 0.0
+    twin.self_attn.dropout = 0.0
+    x = torch.randn(3, 6, 16, requires_grad=True)
+    x_twin = x.detach().clone().requires_grad_()
+    keep = torch.arange(6) < torch.tensor([[6], [4], [1]])
+    upstream = torch.randn(3, 6, 16)
+    (layer(x, keep[:, None, :] if masked else None) * upstream).sum().backward()
+    (twin(x_twin, src_key_padding_mask=~keep if masked else None) * upstream).sum().backward()
+    torch.testing.assert_close(x.grad, x_twin.grad, atol=GRAD_ATOL, rtol=GRAD_RTOL)
+    pairs = [
+        *attention_gradient_pairs("self_attn", layer.self_attn, twin.self_attn),
+        *module_gradient_pairs("linear1", layer.feed_forward.linear1, twin.linear1),
+        *module_gradient_pairs("linear2", layer.feed_forward.linear2, twin.linear2),
+        *module_gradient_pairs("norm1", layer.attn_residual.norm, twin.norm1),
+        *module_gradient_pairs("norm2", layer.ff_residual.norm, twin.norm2),
+    ]
+    assert len(pairs) == sum(1 for _ in layer.parameters())
+    for name, ours, theirs in pairs:
+        torch.testing.assert_close(ours, theirs, atol=GRAD_ATOL, rtol=GRAD_RTOL, msg=lambda m: f"{name}: {m}")
