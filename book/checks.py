@@ -158,7 +158,10 @@ def check_padding(model, src, tgt, extra=2):
             except ValueError as error:  # for instance a max_len that the longer rows exceed
                 raise ValueError(f"check_padding appends {extra} padding tokens to src {_shape(src)} and to tgt "
                                  f"{_shape(tgt)}, and the model refuses the longer rows: {error}") from error
-    moved = {key: change for key, change in changes.items() if change > TOLERANCE}
+    moved = {}
+    for (mode, side), change in changes.items():  # eval first: a side that fails there is reported there
+        if change > TOLERANCE and side not in {s for _, s in moved}:
+            moved[mode, side] = change
     if not moved:
         modes = "eval and train mode" if not skipped else "eval mode"
         return CheckResult("padding", True, f"in {modes}, no logit moved by more than {TOLERANCE:g} of the largest "
@@ -207,7 +210,8 @@ def check_gradients(model, src, tgt):
         logits = model(src, tgt)
         weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0)).to(logits)
         grads = torch.autograd.grad((logits * weights).sum(), [p for _, p in named], allow_unused=True)
-    zero_by_construction = _key_biases_ignored(model, src, tgt, logits.detach(), named)
+    has_grad = [(name, p) for (name, p), grad in zip(named, grads) if grad is not None]
+    zero_by_construction = _key_biases_ignored(model, src, tgt, logits.detach(), has_grad)
     problems = {"no gradient": [], "a gradient that is not finite": [], "a gradient of zeros": []}
     for (name, _), grad in zip(named, grads):
         if grad is None:
@@ -277,11 +281,12 @@ def check_components(model):
         return CheckResult("torch reference", True, f"no MultiHeadAttention or LayerNorm to compare{note}")
     if worst[0] <= TOLERANCE:
         return CheckResult("torch reference", True, f"{compared} attention layers and layer norms match "
-                                                    f"torch.nn within {TOLERANCE:g}{note}")
+                                                    f"torch.nn within {TOLERANCE:g} of its largest output{note}")
     if math.isinf(worst[0]):
         return CheckResult("torch reference", False, f"the output of {worst[1]}, or of torch.nn with its weights, "
                                                      f"holds NaN or infinity{note}")
-    return CheckResult("torch reference", False, f"{worst[1]} differs from torch.nn by {worst[0]:.2g} times its largest output{note}")
+    return CheckResult("torch reference", False, f"{worst[1]} differs from torch.nn by {worst[0]:.2g} times its "
+                                                 f"largest output{note}")
 
 
 def check_attention(attention, seed=0):
