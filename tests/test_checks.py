@@ -410,3 +410,13 @@ def test_overfit_passes_correct_models_of_other_sizes(seed, norm_first):
                                           d_ff=64, dropout=0.1, max_len=32, norm_first=norm_first))
     result = check_overfit(wider, *data())
     assert result.passed and "only the source tells" in result.detail, result
+
+
+@pytest.mark.parametrize("vocab, src", [(2, [[1, 1, 0], [1, 0, 0]]), (V, [[3, 4, 0], [3, 4, 0]])])
+def test_overfit_says_when_it_cannot_test_the_source(vocab, src):
+    # One non-padding token, or one distinct source: no label can depend on the source alone.
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=16, num_heads=2,
+                                          num_layers=1, d_ff=32, dropout=0.0, max_len=32))
+    result = check_overfit(model, torch.tensor(src), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
+    assert result.passed and "not tested" in result.detail, result
