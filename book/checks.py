@@ -2,10 +2,13 @@
 """Checks that catch the bugs easy tests miss (chapter 10).
 
 Every model check takes a model with ``forward(src (B, S), tgt (B, T)) -> logits (B, T, V)``
-and a ``config.pad_id``, runs it in eval mode, puts every submodule back in the mode it
-found it in, and returns a ``CheckResult``. ``run_checks`` runs the model checks in order
-of cost; ``check_overfit`` trains a copy and is left to the caller.
+and a ``config.pad_id``, runs it in eval mode (and, for the causal and padding checks, in
+train mode too, with dropout held fixed), puts every submodule back in the mode it found it
+in, and returns a ``CheckResult``. Differences are judged relative to the size of the logits.
+``run_checks`` runs the model checks in order of cost; ``check_overfit`` trains a copy and is
+left to the caller.
 """
+import contextlib
 import copy
 import math
 from dataclasses import dataclass
@@ -18,7 +21,9 @@ from book.multi_head import MultiHeadAttention
 from book.residual import LayerNorm
 from book.train import evaluating
 
-TOLERANCE = 1e-4  # float32 rounding stays far below it; every bug of chapter 10 far above
+# Relative: a difference counts as the largest |difference| divided by the largest |value| compared
+# with (the logits, or the torch reference's output). float32 rounding stays far below it.
+TOLERANCE = 1e-4
 
 
 @dataclass
@@ -36,72 +41,166 @@ def check_causal(model, src, tgt):
     """No logit at target position t may depend on the target tokens after t.
 
     src: (B, S), tgt: (B, T) token ids, T >= 2. For every t < T - 1 the tokens after t are
-    replaced by other (non-padding) tokens, and the logits at positions 0..t must not move.
+    replaced by other (non-padding) tokens, and the logits at positions 0..t must not move by
+    more than TOLERANCE times the largest |logit|. Runs in eval mode, then in train mode with
+    dropout held fixed (see ``HeldDropout``), so that a leak that exists only in training is caught.
     """
     pad_id = _check_inputs(model, src, tgt, "check_causal", min_length=2)
-    with evaluating(model), torch.no_grad():
-        logits = model(src, tgt)
-        worst, at = 0.0, None
-        for t in range(tgt.size(1) - 1):
-            changed = tgt.clone()
-            changed[:, t + 1:] = _other_tokens(tgt[:, t + 1:], pad_id, logits.size(-1), seed=t)
-            change = _change(model(src, changed)[:, :t + 1], logits[:, :t + 1])
-            if change > worst:
-                worst, at = change, t
-    if worst <= TOLERANCE:
-        return CheckResult("causal", True, f"no logit moved by more than {TOLERANCE:g} when later tokens changed")
-    return CheckResult("causal", False, f"the logits at position {at} moved by {worst:.2g} when only the "
-                                        f"tokens after it changed")
+    worst = (0.0, None, None)
+    for mode in ("eval", "train"):
+        with _mode(model, mode), torch.no_grad():
+            forward = _forward(model, mode)
+            logits = forward(src, tgt)
+            scale = _scale(logits)
+            for t in range(tgt.size(1) - 1):
+                changed = tgt.clone()
+                changed[:, t + 1:] = _other_tokens(tgt[:, t + 1:], pad_id, logits.size(-1), seed=t)
+                change = _change(forward(src, changed)[:, :t + 1], logits[:, :t + 1], scale)
+                if change > worst[0]:
+                    worst = (change, t, mode)
+    change, at, mode = worst
+    if change <= TOLERANCE:
+        return CheckResult("causal", True, f"in eval and train mode, no logit moved by more than {TOLERANCE:g} "
+                                           f"of the largest when later tokens changed")
+    return CheckResult("causal", False, f"in {mode} mode, the logits at position {at} moved by {_size(change)} "
+                                        f"when only the tokens after it changed")
+
+
+class HeldDropout:
+    """Inside ``with HeldDropout(seed):`` dropout keeps or drops each element by its index alone.
+
+    Two forwards that should agree on the positions they share, one of them on a longer sequence,
+    must draw the same dropout masks on those positions. Resetting the random generator before
+    each forward is not enough: torch draws a mask in the memory order of the whole tensor, so
+    when a (B, T, D) tensor grows to (B, T + 2, D) every element after the first row gets another
+    number. Here each mask is a hash of the element's index (b, t, d, ...), of the seed and of how
+    many dropouts ran before it in this forward: element (b, t, d) of the i-th dropout gets the
+    same verdict in both forwards, whatever the length. The rate stays p, each kept element is
+    scaled by 1 / (1 - p), as torch does.
+
+    Covered: ``torch.nn.functional.dropout`` (so ``nn.Dropout``) and the dropout inside
+    ``torch.nn.functional.scaled_dot_product_attention`` (so ``nn.MultiheadAttention`` and
+    ``nn.Transformer``), replaced for the duration of the block. The global random generator is
+    also set to the same seed before each forward and restored afterwards, so other randomness is
+    at least drawn alike by two forwards of the same shapes.
+    """
+
+    def __init__(self, seed=0, generator_seed=None):
+        self.seed, self.calls = seed, 0
+        self.generator_seed = seed if generator_seed is None else generator_seed
+
+    def __enter__(self):
+        self.originals = F.dropout, F.scaled_dot_product_attention
+        cuda = range(torch.cuda.device_count()) if torch.cuda.is_initialized() else []
+        self.rng = torch.random.fork_rng(devices=cuda)
+        self.rng.__enter__()
+        torch.manual_seed(self.generator_seed)
+        F.dropout, F.scaled_dot_product_attention = self.dropout, self.attention
+        return self
+
+    def __exit__(self, *exc):
+        F.dropout, F.scaled_dot_product_attention = self.originals
+        return self.rng.__exit__(*exc)
+
+    def dropout(self, input, p=0.5, training=True, inplace=False):
+        if not training or p == 0:
+            return input
+        self.calls += 1
+        keep = _keep(input.shape, p, _hash_int(self.seed * 1_000_003 + self.calls), input.device)
+        scaled = keep.to(input.dtype) / (1 - p) if p < 1 else torch.zeros_like(input)
+        return input.mul_(scaled) if inplace else input * scaled
+
+    def attention(self, query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+        """scaled_dot_product_attention written out, so that its dropout can be held fixed."""
+        if dropout_p == 0:
+            return self.originals[1](query, key, value, attn_mask=attn_mask, dropout_p=0.0, is_causal=is_causal,
+                                     scale=scale, **kwargs)
+        if kwargs.get("enable_gqa"):
+            repeat = query.size(-3) // key.size(-3)
+            key, value = key.repeat_interleave(repeat, -3), value.repeat_interleave(repeat, -3)
+        scores = query @ key.transpose(-2, -1) * (1 / math.sqrt(query.size(-1)) if scale is None else scale)
+        if is_causal:
+            allowed = torch.ones(query.size(-2), key.size(-2), dtype=torch.bool, device=query.device).tril()
+            scores = scores.masked_fill(~allowed, float("-inf"))
+        if attn_mask is not None:
+            scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool \
+                else scores + attn_mask
+        return self.dropout(torch.softmax(scores, dim=-1), dropout_p) @ value
 
 
 def check_padding(model, src, tgt, extra=2):
     """Padding appended to the source, or to the target, changes no logit of a real position.
 
     src: (B, S), tgt: (B, T). ``extra`` padding ids are appended to every row of one of them;
-    the logits at the T original target positions must stay where they were.
+    the logits at the T original target positions must not move by more than TOLERANCE times
+    the largest |logit|. Runs in eval mode, then in train mode with dropout held fixed by
+    ``HeldDropout``, whose masks depend on each element's index only, so that the longer rows
+    draw the same masks on the positions both forwards share. If the model draws other random
+    numbers (the same input gives other logits under another seed), train mode is not judged,
+    and the detail says so.
     """
     pad_id = _check_inputs(model, src, tgt, "check_padding")
     _check_count("check_padding", "extra", extra)
-    with evaluating(model), torch.no_grad():
-        logits = model(src, tgt)
-        try:
-            changes = {"source": _change(model(_pad(src, pad_id, extra), tgt), logits),
-                       "target": _change(model(src, _pad(tgt, pad_id, extra))[:, :tgt.size(1)], logits)}
-        except ValueError as error:  # for instance a max_len that the longer rows exceed
-            raise ValueError(f"check_padding appends {extra} padding tokens to src {_shape(src)} and to tgt "
-                             f"{_shape(tgt)}, and the model refuses the longer rows: {error}") from error
-    moved = {side: change for side, change in changes.items() if change > TOLERANCE}
+    changes, skipped = {}, ""
+    for mode in ("eval", "train"):
+        with _mode(model, mode), torch.no_grad():
+            forward = _forward(model, mode)
+            logits = forward(src, tgt)
+            scale = _scale(logits)
+            if mode == "train" and _change(_forward(model, mode, generator_seed=1)(src, tgt), logits, scale) > TOLERANCE:
+                skipped = (" (train mode not judged: the same input gives other logits under another seed, so the "
+                           "model draws random numbers other than dropout's)")
+                continue
+            try:
+                changes[mode, "source"] = _change(forward(_pad(src, pad_id, extra), tgt), logits, scale)
+                changes[mode, "target"] = _change(forward(src, _pad(tgt, pad_id, extra))[:, :tgt.size(1)], logits,
+                                                  scale)
+            except ValueError as error:  # for instance a max_len that the longer rows exceed
+                raise ValueError(f"check_padding appends {extra} padding tokens to src {_shape(src)} and to tgt "
+                                 f"{_shape(tgt)}, and the model refuses the longer rows: {error}") from error
+    moved = {}
+    for (mode, side), change in changes.items():  # eval first: a side that fails there is reported there
+        if change > TOLERANCE and side not in {s for _, s in moved}:
+            moved[mode, side] = change
     if not moved:
-        return CheckResult("padding", True, f"no logit moved by more than {TOLERANCE:g} with {extra} padding "
-                                            f"tokens more on either side")
-    return CheckResult("padding", False, "; ".join(f"{extra} padding tokens more on the {side} moved the logits "
-                                                   f"by {change:.2g}" for side, change in moved.items()))
+        modes = "eval and train mode" if not skipped else "eval mode"
+        return CheckResult("padding", True, f"in {modes}, no logit moved by more than {TOLERANCE:g} of the largest "
+                                            f"with {extra} padding tokens more on either side{skipped}")
+    return CheckResult("padding", False, "; ".join(f"in {mode} mode, {extra} padding tokens more on the {side} moved "
+                                                   f"the logits by {_size(change)}"
+                                                   for (mode, side), change in moved.items()) + skipped)
 
 
 def check_batch_independence(model, src, tgt):
     """Each example's logits are the same in the batch as alone: examples must not see each other.
 
-    src: (B, S), tgt: (B, T), B >= 2. Runs the batch, then every example as a batch of one.
+    src: (B, S), tgt: (B, T), B >= 2. Runs the batch, then every example as a batch of one, in
+    eval mode; each example's logits must agree within TOLERANCE times the batch's largest |logit|.
     """
     _check_inputs(model, src, tgt, "check_batch_independence", min_batch=2)
     with evaluating(model), torch.no_grad():
         logits = model(src, tgt)
-        changes = [_change(model(src[i:i + 1], tgt[i:i + 1])[0], logits[i])
+        scale = _scale(logits)
+        changes = [_change(model(src[i:i + 1], tgt[i:i + 1])[0], logits[i], scale)
                    for i in range(src.size(0))]
     worst = max(changes)
     if worst <= TOLERANCE:
         return CheckResult("batch independence", True, f"every example's logits alone are those in the batch, "
-                                                       f"within {TOLERANCE:g}")
+                                                       f"within {TOLERANCE:g} of the largest")
     return CheckResult("batch independence", False, f"example {changes.index(worst)} alone gets logits that "
-                                                    f"differ by {worst:.2g} from its logits in the batch")
+                                                    f"differ by {_size(worst)} from its logits in the batch")
 
 
 def check_gradients(model, src, tgt):
-    """Every parameter gets a finite gradient that is not all zeros, from a loss on the logits.
+    """Every parameter that should get a gradient gets a finite one that is not all zeros.
 
     src: (B, S), tgt: (B, T), some row of each with two or more non-padding tokens. The loss is a
     fixed random weighting of every logit, so every parameter that shapes the output has to
-    receive some gradient.
+    receive some gradient. One kind of parameter gets exactly zero by construction: the bias of
+    a key projection (a submodule's ``k_proj``), since it adds the same number q . b to every
+    score of a query, which softmax ignores; its computed gradient is rounding noise. Such a bias
+    is named as structurally zero, and not counted, once a random change of it is seen to move no
+    logit; a bias that does move the logits is judged like any other parameter.
     """
     _check_inputs(model, src, tgt, "check_gradients", min_real=2)
     named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
@@ -111,19 +210,27 @@ def check_gradients(model, src, tgt):
         logits = model(src, tgt)
         weights = torch.randn(logits.shape, generator=torch.Generator().manual_seed(0)).to(logits)
         grads = torch.autograd.grad((logits * weights).sum(), [p for _, p in named], allow_unused=True)
+    has_grad = [(name, p) for (name, p), grad in zip(named, grads) if grad is not None]
+    zero_by_construction = _key_biases_ignored(model, src, tgt, logits.detach(), has_grad)
     problems = {"no gradient": [], "a gradient that is not finite": [], "a gradient of zeros": []}
     for (name, _), grad in zip(named, grads):
         if grad is None:
             problems["no gradient"].append(name)
         elif not torch.isfinite(grad).all():
             problems["a gradient that is not finite"].append(name)
-        elif not grad.any():
+        elif not grad.any() and name not in zero_by_construction:
             problems["a gradient of zeros"].append(name)
     found = {kind: names for kind, names in problems.items() if names}
+    structural = (f"; {len(zero_by_construction)} key-projection biases get zero by construction (softmax ignores "
+                  f"a constant added to every score of a query), not counted: {_examples(zero_by_construction)}"
+                  if zero_by_construction else "")
     if not found:
-        return CheckResult("gradients", True, f"all {len(named)} parameters get a finite, non-zero gradient")
+        counted = len(named) - len(zero_by_construction)
+        return CheckResult("gradients", True, f"all {counted} other parameters get a finite, non-zero gradient"
+                                              f"{structural}" if structural else
+                                              f"all {counted} parameters get a finite, non-zero gradient")
     return CheckResult("gradients", False, "; ".join(f"{len(names)} of {len(named)} parameters get {kind}, "
-                                                     f"e.g. {names[0]}" for kind, names in found.items()))
+                                                     f"e.g. {names[0]}" for kind, names in found.items()) + structural)
 
 
 def check_masked_rows(model, src, tgt):
@@ -131,6 +238,9 @@ def check_masked_rows(model, src, tgt):
 
     src: (B, S), tgt: (B, T). The first example's source and target are replaced by padding
     only, so every one of its attention rows is fully masked; all logits must stay finite.
+    This is a convention of this book, not a matter of correctness: chapter 2's softmax gives a
+    row with no allowed key zero weights. torch.nn.Transformer gives NaN there, and is right on
+    every input that holds a real token; a model that follows torch fails this check alone.
     """
     pad_id = _check_inputs(model, src, tgt, "check_masked_rows")
     src, tgt = src.clone(), tgt.clone()
@@ -141,7 +251,9 @@ def check_masked_rows(model, src, tgt):
     if not bad:
         return CheckResult("masked rows", True, "an example made of padding only gets finite logits")
     return CheckResult("masked rows", False, f"an example made of padding only gets {bad} logits that are NaN "
-                                             f"or infinite (of {logits.numel()})")
+                                             f"or infinite (of {logits.numel()}); finite logits there are a "
+                                             f"convention of this book, not a matter of correctness: "
+                                             f"torch.nn.Transformer gives NaN too")
 
 
 def check_components(model):
@@ -169,11 +281,12 @@ def check_components(model):
         return CheckResult("torch reference", True, f"no MultiHeadAttention or LayerNorm to compare{note}")
     if worst[0] <= TOLERANCE:
         return CheckResult("torch reference", True, f"{compared} attention layers and layer norms match "
-                                                    f"torch.nn within {TOLERANCE:g}{note}")
+                                                    f"torch.nn within {TOLERANCE:g} of its largest output{note}")
     if math.isinf(worst[0]):
         return CheckResult("torch reference", False, f"the output of {worst[1]}, or of torch.nn with its weights, "
                                                      f"holds NaN or infinity{note}")
-    return CheckResult("torch reference", False, f"{worst[1]} differs from torch.nn by {worst[0]:.2g}{note}")
+    return CheckResult("torch reference", False, f"{worst[1]} differs from torch.nn by {worst[0]:.2g} times its "
+                                                 f"largest output{note}")
 
 
 def check_attention(attention, seed=0):
@@ -188,54 +301,63 @@ def check_attention(attention, seed=0):
     mask = torch.rand(2, 1, 4, 6, generator=g) < 0.6
     mask[..., 0] = True
     out = _attention_output(attention(q, k, v, mask), (2, 3, 4, 5), weights_shape=(2, 3, 4, 6))
-    error = _change(out, F.scaled_dot_product_attention(q, k, v, attn_mask=mask))
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+    error = _change(out, expected, _scale(expected))
     if error <= TOLERANCE:
         return CheckResult("attention reference", True,
-                           f"matches torch's scaled_dot_product_attention within {TOLERANCE:g}")
+                           f"matches torch's scaled_dot_product_attention within {TOLERANCE:g} of the largest output")
     if math.isinf(error):
         return CheckResult("attention reference", False, "the output holds NaN or infinity, where torch's "
                                                          "scaled_dot_product_attention gives finite numbers")
     return CheckResult("attention reference", False,
-                       f"differs from torch's scaled_dot_product_attention by {error:.2g}")
+                       f"differs from torch's scaled_dot_product_attention by {error:.2g} times its largest output")
 
 
 def check_overfit(model, src, tgt, steps=100, lr=1e-2):
-    """A copy of the model, trained on this one batch, must learn it by heart.
+    """A copy of the model must learn this batch by heart, and learn from the source what only the source tells.
 
-    src: (B, S), tgt: (B, T) with T >= 2: the copy reads tgt[:, :-1] and must predict tgt[:, 1:]
-    (padding excluded) for ``steps`` Adam steps, dropout off. Passes if the loss fell below a
-    quarter of where it started (the accuracy is reported). The model itself is not touched. The loss
-    and the optimizer are the check's own: it tests the model, not the caller's training loop.
+    src: (B, S), tgt: (B, T) with T >= 2. Two copies train for ``steps`` Adam steps each, dropout
+    off; the model itself is not touched, and the loss and the optimizer are the check's own.
+
+    1. The batch: the copy reads tgt[:, :-1] and must predict tgt[:, 1:] (padding excluded); the
+       loss must fall below a quarter of where it started. This shows that the trainable weights
+       can fit one batch at all. It cannot show that the source is used: a decoder that never
+       sees the source can still learn the batch from the target prefixes it reads.
+    2. The source: every example gets the same one-token target prefix (tgt[0, 0]) and, to predict,
+       a label that only its source tells apart (one per distinct source row). A model blind to
+       the source predicts the same thing for every example, and its loss cannot fall below ln n
+       for n distinct labels; the copy must fall below a quarter of that. With one distinct
+       source (or a vocabulary of one token besides padding), this part is skipped and the detail says so.
     """
     pad_id = _check_inputs(model, src, tgt, "check_overfit", min_length=2)
     _check_count("check_overfit", "steps", steps)
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]
     if not (tgt_out != pad_id).any():
         raise ValueError(f"check_overfit needs target tokens other than padding (pad_id={pad_id}) after the first")
-    student = copy.deepcopy(model).eval()  # eval: dropout would keep it from fitting exactly
-    trainable = [p for p in student.parameters() if p.requires_grad]
-    if not trainable:
+    if not any(p.requires_grad for p in model.parameters()):
         return CheckResult("overfit one batch", False, "the model has no trainable parameters")
-    optimizer = torch.optim.Adam(trainable, lr=lr)
-    with torch.enable_grad():
-        for step in range(steps + 1):
-            logits = student(src, tgt_in)
-            loss = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=pad_id)
-            if step == 0:
-                first = loss.item()
-            if step == steps or not torch.isfinite(loss):
-                break
-            if not loss.requires_grad:
-                return CheckResult("overfit one batch", False, "the loss does not depend on any trainable parameter")
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    real = tgt_out != pad_id
-    accuracy = (logits.argmax(-1) == tgt_out)[real].float().mean().item()
-    last = loss.item()
+    fit = _fit_copy(model, src, tgt_in, tgt_out, pad_id, steps, lr)
+    if isinstance(fit, str):
+        return CheckResult("overfit one batch", False, fit)
+    first, last, accuracy, step, _ = fit
     passed = math.isfinite(last) and last < first / 4
-    return CheckResult("overfit one batch", passed, f"after {step} steps the loss went from {first:.3g} to "
-                                                    f"{last:.3g}, {100 * accuracy:.0f}% of the tokens right")
+    detail = f"after {step} steps the loss went from {first:.3g} to {last:.3g}, {100 * accuracy:.0f}% of the tokens right"
+    labels = torch.unique(src, dim=0, return_inverse=True)[1]  # one label per distinct source row
+    ids = torch.tensor([i for i in range(fit[4]) if i != pad_id], device=tgt.device)
+    if labels.max() == 0 or ids.numel() < 2:
+        return CheckResult("overfit one batch", passed, f"{detail}; one distinct source, or one non-padding token: "
+                                                        f"whether the source matters is not tested")
+    label_ids = ids[labels % ids.numel()].unsqueeze(1)  # (B, 1)
+    share = torch.unique(label_ids, return_counts=True)[1].double() / src.size(0)
+    blind = -(share * share.log()).sum().item()  # the best loss of one prediction for every example
+    prefix = tgt[tgt != pad_id][:1].expand(src.size(0), 1)  # the same one-token prefix for all
+    source = _fit_copy(model, src, prefix, label_ids, pad_id, steps, lr)
+    if isinstance(source, str):
+        return CheckResult("overfit one batch", False, f"{detail}; on labels that only the source tells: {source}")
+    uses_source = math.isfinite(source[1]) and source[1] < blind / 4
+    return CheckResult("overfit one batch", passed and uses_source,
+                       f"{detail}; on labels that only the source tells apart, from {source[0]:.3g} to "
+                       f"{source[1]:.3g}, where a model blind to the source stays at {blind:.3g} or more")
 
 
 def run_checks(model, src, tgt):
@@ -245,10 +367,126 @@ def run_checks(model, src, tgt):
                                                   check_masked_rows, check_gradients)] + [check_components(model)]
 
 
-def _change(a, b):
-    """The largest |a - b|; infinite if either holds a NaN or an infinity, which no tolerance may excuse."""
+def _mode(model, mode):
+    """A context: the model in eval mode, or in train mode with its buffers (batch norm's statistics, say)
+    restored afterwards; either way every submodule is back in its mode at the end."""
+    return evaluating(model) if mode == "eval" else _training(model)
+
+
+@contextlib.contextmanager
+def _training(model):
+    modes = [(module, module.training) for module in model.modules()]
+    buffers = [(buffer, buffer.clone()) for buffer in model.buffers()]
+    model.train()
+    try:
+        yield model
+    finally:
+        for module, training in modes:
+            module.training = training
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+
+
+def _forward(model, mode, generator_seed=None):
+    """model itself in eval mode; in train mode, model under a fresh HeldDropout for every call."""
+    if mode == "eval":
+        return model
+
+    def forward(src, tgt):
+        with HeldDropout(seed=0, generator_seed=generator_seed):
+            return model(src, tgt)
+    return forward
+
+
+def _scale(x):
+    """The largest |value| among the finite entries of x: the yardstick of differences (0.0 if none)."""
+    finite = x[torch.isfinite(x)]
+    return finite.abs().max().item() if finite.numel() else 0.0
+
+
+def _change(a, b, scale):
+    """The largest |a - b| divided by ``scale``; infinite if either holds a NaN or an infinity, which
+    no tolerance may excuse, or if they differ where the yardstick is 0."""
     difference = (a - b).abs()
-    return difference.max().item() if torch.isfinite(difference).all() else math.inf
+    if not torch.isfinite(difference).all():
+        return math.inf
+    largest = difference.max().item() if difference.numel() else 0.0
+    return 0.0 if largest == 0 else largest / scale if scale > 0 else math.inf
+
+
+def _size(change):
+    return "NaN or infinity" if math.isinf(change) else f"{change:.2g} times the largest |logit|"
+
+
+def _hash_int(x):
+    """A 32-bit mix of a Python integer (the same steps as ``_hash`` on tensors)."""
+    return int(_hash(torch.tensor(x % 2 ** 32)))
+
+
+def _hash(x):
+    """An integer hash of each entry of an int64 tensor with values in [0, 2**32): a well-mixed 32-bit number."""
+    for _ in range(2):
+        x = ((x >> 16) ^ x) * 0x45D9F3B & 0xFFFFFFFF
+    return (x >> 16) ^ x
+
+
+def _keep(shape, p, salt, device):
+    """A boolean mask of ``shape``, True with probability 1 - p, whose entry at an index depends only on
+    that index and ``salt``: a longer tensor gets the same entries on the indices it shares."""
+    h = torch.tensor(salt, dtype=torch.int64, device=device)
+    for dim, size in enumerate(shape):
+        index = torch.arange(size, device=device).view([-1 if d == dim else 1 for d in range(len(shape))])
+        h = _hash(h ^ index)
+    return (h >> 8).to(torch.float64) / 2 ** 24 >= p
+
+
+def _key_biases_ignored(model, src, tgt, logits, named):
+    """Names of the biases of submodules' ``k_proj`` that no logit depends on: a random change of each,
+    in eval mode, moves no logit by more than TOLERANCE of the largest. Their exact gradient is zero."""
+    trainable = {id(p): name for name, p in named}
+    found, scale = [], _scale(logits)
+    g = torch.Generator().manual_seed(0)
+    with evaluating(model), torch.no_grad():
+        for module in model.modules():
+            bias = getattr(getattr(module, "k_proj", None), "bias", None)
+            if not isinstance(bias, nn.Parameter) or id(bias) not in trainable:
+                continue
+            saved = bias.clone()
+            try:
+                bias.add_(torch.randn(bias.shape, generator=g).to(bias))
+                if _change(model(src, tgt), logits, scale) <= TOLERANCE:
+                    found.append(trainable[id(bias)])
+            finally:
+                bias.copy_(saved)
+    return found
+
+
+def _examples(names, shown=2):
+    return ", ".join(names[:shown]) + (f" and {len(names) - shown} more" if len(names) > shown else "")
+
+
+def _fit_copy(model, src, tgt_in, tgt_out, pad_id, steps, lr):
+    """Train a copy of the model on (src, tgt_in) -> tgt_out with Adam, dropout off. Returns (first loss,
+    last loss, token accuracy, steps taken, vocabulary size), or a sentence saying why it cannot train."""
+    student = copy.deepcopy(model).eval()  # eval: dropout would keep it from fitting exactly
+    optimizer = torch.optim.Adam([p for p in student.parameters() if p.requires_grad], lr=lr)
+    with torch.enable_grad():
+        for step in range(steps + 1):
+            logits = student(src, tgt_in)
+            loss = F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=pad_id)
+            if step == 0:
+                first = loss.item()
+            if step == steps or not torch.isfinite(loss):
+                break
+            if not loss.requires_grad:
+                return "the loss does not depend on any trainable parameter"
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    real = tgt_out != pad_id
+    accuracy = (logits.argmax(-1) == tgt_out)[real].float().mean().item()
+    return first, loss.item(), accuracy, step, logits.size(-1)
 
 
 def _other_tokens(tokens, pad_id, vocab_size, seed):
@@ -314,7 +552,7 @@ def _torch_can_express(attention):
 
 
 def _multi_head_error(attention, seed=0):
-    """Largest difference between ``attention`` and torch.nn.MultiheadAttention with its weights,
+    """Largest difference between ``attention`` and torch.nn.MultiheadAttention with its weights (relative to torch's largest output),
     for self-attention under a causal mask and cross-attention under a padding mask; inf if either
     holds NaN or infinity. Both run in float64 copies, so that a model in another precision is
     compared on its arithmetic alone."""
@@ -336,14 +574,15 @@ def _multi_head_error(attention, seed=0):
         pairs = [(attention(x, x, x, ~future.expand(2, 5, 5)), reference(x, x, x, attn_mask=future)[0]),
                  (attention(x, memory, memory, ~padding[:, None, :]),
                   reference(x, memory, memory, key_padding_mask=padding)[0])]
-    return max(_change(ours, theirs) for ours, theirs in pairs)
+    return max(_change(ours, theirs, _scale(theirs)) for ours, theirs in pairs)
 
 
 def _layer_norm_error(norm, seed=0):
-    """Largest difference between ``norm`` and torch.nn.functional.layer_norm with its weight and bias,
+    """Largest difference between ``norm`` and torch.nn.functional.layer_norm with its weight and bias (relative),
     both in float64; inf if either holds NaN or infinity."""
     g = torch.Generator().manual_seed(seed)
     norm = copy.deepcopy(norm).double()
     x = (3 * torch.randn(2, 5, norm.d_model, generator=g) + 1).to(norm.weight.device).double()
     with torch.no_grad():
-        return _change(norm(x), F.layer_norm(x, (norm.d_model,), norm.weight, norm.bias, norm.eps))
+        expected = F.layer_norm(x, (norm.d_model,), norm.weight, norm.bias, norm.eps)
+        return _change(norm(x), expected, _scale(expected))

@@ -9,7 +9,7 @@ from book.checks import (CheckResult, check_attention, check_batch_independence,
                          check_gradients, check_masked_rows, check_overfit, check_padding, run_checks)
 from book.multi_head import MultiHeadAttention
 from book.residual import LayerNorm
-from book.transformer import Transformer, TransformerConfig
+from book.transformer import TorchReference, Transformer, TransformerConfig
 
 V = 13
 
@@ -272,3 +272,151 @@ def test_overfit_fails_a_model_that_cannot_train_instead_of_raising():
     assert not result.passed and "no trainable parameters" in result.detail
     result = check_overfit(tiny(DetachedLogits), *data())
     assert not result.passed and "does not depend on any trainable parameter" in result.detail
+
+
+# Issue 28, section 2: the kit never fails a correct model and never passes a broken one.
+
+class LargeLogits(Transformer):
+    """A correct model with large logits: the output is 1000 times chapter 7's (a sharper softmax, no bug)."""
+    def forward(self, src, tgt):
+        return 1000 * super().forward(src, tgt)
+
+
+def tied_times_100(seed=0):
+    torch.manual_seed(seed)
+    model = Transformer(TransformerConfig(src_vocab_size=V, tgt_vocab_size=V, d_model=64, num_heads=4, num_layers=2,
+                                          d_ff=128, dropout=0.1, max_len=32, share_embeddings=True))
+    with torch.no_grad():
+        model.src_embed.weight.mul_(100)  # one tied matrix: embeddings and output projection alike
+    return model
+
+
+@pytest.mark.parametrize("make", [lambda: tiny(LargeLogits), tied_times_100])
+def test_large_logits_pass_padding_and_batch_independence(make):
+    model = make()
+    src, tgt = data()
+    assert model.eval()(src, tgt).abs().max() > 100
+    for check in (check_causal, check_padding, check_batch_independence):
+        result = check(model, src, tgt)
+        assert result.passed, result
+
+
+class TrainOnlyLeak(Transformer):
+    """Bug: in training, the decoder's mask lets position t see t + 1; in eval mode it is right."""
+    def decode(self, tgt, memory, src_mask=None, tgt_mask=None):
+        if self.training and tgt_mask is None:
+            ahead = torch.ones(tgt.size(1), tgt.size(1), dtype=torch.bool).tril(1)
+            tgt_mask = padding_mask(tgt, self.config.pad_id) & ahead
+        return super().decode(tgt, memory, src_mask, tgt_mask)
+
+
+class TrainOnlyQueryMask(Transformer):
+    """Bug: in training, the source mask covers queries instead of keys."""
+    def encode(self, src, src_mask=None):
+        if self.training:
+            src_mask = (src != self.config.pad_id).unsqueeze(2)
+        return super().encode(src, src_mask)
+
+
+@pytest.mark.parametrize("cls, check", [(TrainOnlyLeak, check_causal), (TrainOnlyQueryMask, check_padding)])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_a_bug_that_exists_only_in_training_is_caught(cls, check, dropout):
+    model = tiny(cls, dropout=dropout).eval()
+    result = check(model, *data())
+    assert not result.passed and "train mode" in result.detail, result
+    assert not model.training  # and the mode it found is back
+
+
+@pytest.mark.parametrize("check", [check_causal, check_padding])
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_train_mode_with_dropout_passes_a_correct_model(check, norm_first):
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(src_vocab_size=V, tgt_vocab_size=V, d_model=16, num_heads=2, num_layers=2,
+                                          d_ff=32, dropout=0.5, max_len=32, norm_first=norm_first)).train()
+    state = torch.get_rng_state()
+    result = check(model, *data())
+    assert result.passed and "train mode" in result.detail, result
+    assert torch.equal(torch.get_rng_state(), state)  # the caller's random numbers are not touched
+
+
+def test_torch_reference_passes_in_train_mode_and_fails_masked_rows_by_convention():
+    torch.manual_seed(0)
+    config = TransformerConfig(src_vocab_size=V, tgt_vocab_size=V, d_model=16, num_heads=2, num_layers=2, d_ff=32,
+                               dropout=0.3, max_len=32)
+    reference = TorchReference(config).copy_from(Transformer(config)).train()
+    src, tgt = data()
+    for check in (check_causal, check_padding, check_batch_independence, check_gradients):
+        result = check(reference, src, tgt)
+        assert result.passed and ("train" in result.detail) == (check in (check_causal, check_padding)), result
+    masked = check_masked_rows(reference, src, tgt)
+    assert not masked.passed and "convention" in masked.detail
+    assert "convention" in check_masked_rows.__doc__ and "torch.nn.Transformer" in check_masked_rows.__doc__
+
+
+def test_held_dropout_masks_depend_on_the_index_only():
+    from book.checks import HeldDropout
+    x = torch.ones(2, 5, 8)
+    with HeldDropout(seed=3):
+        short = torch.nn.functional.dropout(x, 0.5)
+    with HeldDropout(seed=3):
+        long = torch.nn.functional.dropout(torch.ones(2, 7, 8), 0.5)
+    assert torch.equal(long[:, :5], short) and 0.3 < (short == 0).float().mean() < 0.7
+    assert set(short.unique().tolist()) == {0.0, 2.0}
+
+
+def test_gradients_name_the_key_biases_as_zero_by_construction():
+    result = check_gradients(tiny(), *data())
+    assert result.passed and "zero by construction" in result.detail and "k_proj.bias" in result.detail, result
+
+
+def test_gradients_pass_a_correct_model_whose_key_biases_get_exact_zeros():
+    # Their exact gradient is zero; rounding may give zeros instead of noise, and the model is still right.
+    model = tiny()
+    for module in model.modules():
+        if isinstance(module, MultiHeadAttention):
+            module.k_proj.bias.register_hook(torch.zeros_like)
+    result = check_gradients(model, *data())
+    assert result.passed, result
+
+
+class WrongAxisSoftmax(MultiHeadAttention):
+    """Bug: softmax over the queries; the key bias then matters, and it is judged like any other parameter."""
+    def forward(self, query, key, value, mask=None):
+        q, k, v = self.q_proj(query), self.k_proj(key), self.v_proj(value)
+        weights = torch.softmax(q @ k.transpose(-2, -1) / math.sqrt(q.size(-1)), dim=-2)
+        return self.out_proj(weights @ v)
+
+
+def test_gradients_do_not_excuse_a_key_bias_that_the_logits_depend_on():
+    result = check_gradients(with_attention(tiny(), WrongAxisSoftmax), *data())
+    assert "zero by construction" not in result.detail
+
+
+class ZeroedMemory(Transformer):
+    """Bug: the decoder receives zeros instead of the encoder's output; it can still learn a batch from the prefixes."""
+    def encode(self, src, src_mask=None):
+        return super().encode(src, src_mask) * 0
+
+
+def test_overfit_fails_a_decoder_that_never_sees_the_source():
+    result = check_overfit(tiny(ZeroedMemory), *data())
+    assert not result.passed and "source" in result.detail, result
+
+
+@pytest.mark.parametrize("seed, norm_first", [(1, False), (2, True)])
+def test_overfit_passes_correct_models_of_other_sizes(seed, norm_first):
+    torch.manual_seed(seed)
+    wider = Transformer(TransformerConfig(src_vocab_size=V, tgt_vocab_size=V, d_model=32, num_heads=4, num_layers=2,
+                                          d_ff=64, dropout=0.1, max_len=32, norm_first=norm_first))
+    result = check_overfit(wider, *data())
+    assert result.passed and "only the source tells" in result.detail, result
+
+
+@pytest.mark.parametrize("vocab, src", [(2, [[1, 1, 0], [1, 0, 0]]), (V, [[3, 4, 0], [3, 4, 0]])])
+def test_overfit_says_when_it_cannot_test_the_source(vocab, src):
+    # One non-padding token, or one distinct source: no label can depend on the source alone.
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig(src_vocab_size=vocab, tgt_vocab_size=vocab, d_model=16, num_heads=2,
+                                          num_layers=1, d_ff=32, dropout=0.0, max_len=32))
+    result = check_overfit(model, torch.tensor(src), torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]]))
+    assert result.passed and "not tested" in result.detail, result
