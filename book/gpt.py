@@ -66,7 +66,7 @@ class GPT(nn.Module):
         self.tok_embed = Embedding(c.vocab_size, c.d_model)
         if c.positions == "learned":
             self.pe = nn.Parameter(torch.empty(c.max_len, c.d_model))
-        else:  # a buffer moves with the model (.to) but is never trained
+        else:  # a buffer moves with the model (.to) but is never trained, nor saved
             table = sinusoidal_positional_encoding(c.max_len, c.d_model) if c.positions == "sinusoidal" else None
             self.register_buffer("pe", table, persistent=False)
         self.dropout = nn.Dropout(c.dropout)
@@ -85,6 +85,16 @@ class GPT(nn.Module):
                 nn.init.xavier_uniform_(p)
         if self.config.positions == "learned":
             nn.init.normal_(self.pe, std=math.sqrt(0.5))
+
+    def _apply(self, fn, *args, **kwargs):
+        # Every move of the model (.to, .double, .to_empty) passes through here. to_empty leaves
+        # buffers uninitialized, and a state dict cannot restore this one (it is not saved), so
+        # the sinusoidal table is written again after any move.
+        super()._apply(fn, *args, **kwargs)
+        if self.config.positions == "sinusoidal" and self.pe.device.type != "meta":
+            with torch.no_grad(), torch.device("cpu"):
+                self.pe.copy_(sinusoidal_positional_encoding(self.config.max_len, self.config.d_model))
+        return self
 
     def embed(self, tokens, positions):
         """tokens, positions: (B, T) -> x_0 (B, T, D)."""

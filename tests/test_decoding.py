@@ -305,6 +305,30 @@ def test_the_penalty_only_changes_answers_of_another_length():
     assert (n0[changed] != n2[changed]).all()
 
 
+def test_a_larger_penalty_never_stops_the_search_sooner():
+    # alpha enters the stopping rule: a live hypothesis is scored as if it ended now, at its own length,
+    # so with a larger alpha it stays ahead of a shorter finished one for longer. The end token is made
+    # more likely at every step, so that hypotheses finish at different lengths.
+    src = padded_sources()[:1]
+    model = tiny(3)
+    calls = []
+
+    def end_grows_likelier(module, inputs, logits):  # one call per step
+        calls.append(1)
+        logits = logits.clone()
+        logits[..., END] += 0.2 * len(calls)
+        return logits
+
+    model.generator.register_forward_hook(end_grows_likelier)
+    steps = {}
+    for alpha in (0.0, 0.6, 2.0, 6.0):
+        calls.clear()
+        beam_search(model, src, 30, START, END, 4, alpha)
+        steps[alpha] = len(calls)
+    assert list(steps.values()) == sorted(steps.values()), steps
+    assert steps[6.0] > steps[0.0], steps
+
+
 def test_translate_beam_matches_translate_at_beam_one():
     model = tiny(0)
     assert translate_beam(model, TOKENIZER, SOURCES, beam_size=1) == translate(model, TOKENIZER, SOURCES)

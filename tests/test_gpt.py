@@ -248,6 +248,22 @@ def test_sinusoidal_positions_are_a_buffer_outside_the_state_dict():
     assert model(tokens(2, 5, seed=4)).dtype == torch.float64
 
 
+@pytest.mark.parametrize("wrapped", [False, True])
+def test_sinusoidal_table_comes_back_when_a_meta_model_is_materialized(wrapped):
+    # to_empty allocates every tensor uninitialized, and load_state_dict cannot refill pe (it is not
+    # saved): the table must be written again, also when the GPT sits inside a GPTTranslator.
+    with torch.device("meta"):
+        model = GPT(config())
+        if wrapped:
+            model = GPTTranslator(model)
+    gpt = model.gpt if wrapped else model
+    assert gpt.pe.is_meta
+    model.to_empty(device="cpu")
+    assert gpt.pe.device.type == "cpu" and torch.equal(gpt.pe, sinusoidal_positional_encoding(32, 16))
+    model.load_state_dict(tiny().state_dict() if not wrapped else GPTTranslator(tiny()).state_dict())
+    torch.testing.assert_close(gpt.eval()(tokens(2, 5, seed=4)), tiny()(tokens(2, 5, seed=4)), atol=0, rtol=0)
+
+
 def test_learned_positions_are_a_parameter_at_the_sinusoidal_scale():
     model = tiny(positions="learned")
     assert isinstance(model.pe, nn.Parameter) and model.pe.shape == (32, 16)
