@@ -7,6 +7,8 @@ Usage::
     python -m book translate date-model.pt "25 November 2026"     # prints 2026-11-25
     python -m book translate date-model.pt < dates.txt             # one answer per line
     python -m book translate date-model.pt --beam 4 "25 November 2026"   # beam search (chapter 9)
+    python -m book train --task text [--text FILE] --out lm.pt    # a GPT on text (chapter 14)
+    python -m book generate lm.pt "The with statement" --temperature 0.8 --seed 1
 
 ``train`` uses the chapter's defaults (``book.train.TrainConfig``: tied embeddings, the paper's
 schedule with a cooldown over the last steps), shows a progress bar on
@@ -39,11 +41,17 @@ from tqdm import tqdm
 from book.data import CharTokenizer, date_tokenizer, examples_for, split_dates
 from book.decoding import translate_beam
 from book.distributed import any_process, batch_slice, finish, local_batch_size, pick_device, start, wrap
+from book.gpt import GPT, GPTConfig, GPTTranslator
+from book.sampling import sample
+from book.tokenizer import TEXT_TASK, BPETokenizer
 from book.train import TrainConfig, build_model, exact_match, make_optimizer, new_history, train, translate
 from book.transformer import Transformer, TransformerConfig
 
 CHECKPOINT_KIND = "transformer-from-scratch/date-reader"
 CHECKPOINT_VERSION = 1
+TEXT_KIND = "transformer-from-scratch/text-gpt"  # chapter 14's GPT, written by train --task text
+KIND_NAMES = {CHECKPOINT_KIND: "a date reader (python -m book translate reads it)",
+              TEXT_KIND: "a text model (python -m book generate reads it)"}
 MAX_LINE_CHARS = 100  # the longest date the formats produce has 29 characters
 TRANSLATE_CHUNK = 256  # lines translated together when reading stdin
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes up to 2**64 - 1, but book.train.TrainConfig stops here
@@ -110,7 +118,7 @@ def save_checkpoint(path, model, optimizer, tokenizer, settings, step, history):
         raise
 
 
-def load_checkpoint(path, device="cpu"):
+def load_checkpoint(path, device="cpu", kind=CHECKPOINT_KIND):
     """Read and check a checkpoint written by save_checkpoint, its tensors on ``device``; raises CheckpointError."""
     path = Path(path)
     if not path.exists():
@@ -125,14 +133,19 @@ def load_checkpoint(path, device="cpu"):
         raise CheckpointError(
             f"{path}: not a readable PyTorch checkpoint, truncated or foreign ({type(exc).__name__})"
         ) from None
-    if not isinstance(state, dict) or state.get("kind") != CHECKPOINT_KIND:
+    if not isinstance(state, dict) or state.get("kind") not in KIND_NAMES:
         raise CheckpointError(f"{path}: a PyTorch file, but not a checkpoint written by 'python -m book train'")
+    if state["kind"] != kind:
+        raise CheckpointError(f"{path}: this checkpoint is {KIND_NAMES[state['kind']]}; expected {KIND_NAMES[kind]}")
     if state.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
             f"{path}: checkpoint version {state.get('version')!r}, this program reads version {CHECKPOINT_VERSION}"
         )
     expected = {"settings": dict, "model_config": dict, "alphabet": str, "model": dict,
                 "optimizer": dict, "step": int, "rng_state": torch.Tensor, "history": dict}
+    if kind == TEXT_KIND:
+        del expected["alphabet"]
+        expected.update(merges=list, source=str)
     for key, kind in expected.items():
         if not isinstance(state.get(key), kind):
             raise CheckpointError(f"{path}: damaged checkpoint, entry {key!r} is missing or not a {kind.__name__}")
@@ -172,6 +185,8 @@ def _requested_settings(args):
     given = {field: getattr(args, dest) for dest, field in SIZE_OPTIONS if getattr(args, dest) is not None}
     if args.seed is not None:
         given["seed"] = args.seed
+    if getattr(args, "dropout", None) is not None:
+        given["dropout"] = args.dropout
     return given
 
 
@@ -194,7 +209,7 @@ def cmd_train(args):
         _say_once(f"error: {_one_line(exc)}")
         return 2
     try:
-        return _train(args, out, processes)
+        return _train_text(args, out, processes) if args.task == "text" else _train(args, out, processes)
     finally:
         finish()
 
@@ -305,6 +320,147 @@ def _train(args, out, processes):
     return 0
 
 
+def _train_text(args, out, processes):
+    """--task text: chapter 14's GPT; what the task reads, trains and prints is book.tokenizer.TEXT_TASK."""
+    task, device = TEXT_TASK, processes.device
+    say = _say if processes.is_main else (lambda message: None)
+    requested, source = _requested_settings(args), str(args.text or "documentation")
+    try:
+        text = task.read(args.text)
+        if out.exists():
+            state = load_checkpoint(out, device, kind=TEXT_KIND)
+            model, tokenizer, settings = text_model_from_checkpoint(state, out, device)
+            clashes = [f"{name}={value} (checkpoint has {getattr(settings, name)})"
+                       for name, value in {**requested, "text": source}.items()
+                       if (state["source"] if name == "text" else getattr(settings, name)) != value]
+            if clashes:
+                say(f"error: {out} was trained with other settings: {', '.join(clashes)}; use another --out")
+                return 2
+            settings = dataclasses.replace(settings, **({"steps": args.steps} if args.steps is not None else {}))
+        else:
+            settings = dataclasses.replace(task.settings, **requested,
+                                           **({"steps": args.steps} if args.steps is not None else {}))
+            tokenizer = None
+        tokenizer, train_ids, held_ids, held_bytes = task.prepare(text, tokenizer)
+        local_batch_size(settings.batch_size, processes.world_size)
+    except ValueError as exc:
+        say(f"error: {_one_line(exc)}")
+        return 2
+    if out.exists():
+        optimizer = make_optimizer(model)
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+        except (ValueError, KeyError, RuntimeError) as exc:
+            raise CheckpointError(f"{out}: damaged optimizer state ({_one_line(exc)})") from None
+        torch.set_rng_state(state["rng_state"].cpu())
+        start, history = state["step"], state["history"]
+        if start >= settings.steps:
+            say(f"{out} is already trained to step {start} (asked for {settings.steps}); nothing to do")
+            return 0
+    else:
+        model = task.model(settings, tokenizer, device)
+        optimizer, start, history = make_optimizer(model), 0, new_history()
+    say(f"training a GPT on {source} ({len(train_ids):,} tokens of {len(tokenizer)}), steps {start + 1} to "
+        f"{settings.steps}, seed {settings.seed}; saving to {out}")
+
+    def save(step, history):
+        state = {"kind": TEXT_KIND, "version": CHECKPOINT_VERSION, "settings": dataclasses.asdict(settings),
+                 "model_config": dataclasses.asdict(model.config), "merges": [list(p) for p, _ in tokenizer.merges],
+                 "source": source, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                 "rng_state": torch.get_rng_state(), "history": history}
+        _write_atomically(out, state)
+
+    interrupted = []
+
+    def on_interrupt(signum, frame):  # the first Ctrl-C saves after this step, a second quits
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+
+    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+
+    def after_step(step, history):
+        if any_process(bool(interrupted), processes):
+            return True
+        if processes.is_main and step % args.save_every == 0 and step < settings.steps:
+            save(step, history)
+        return False
+
+    try:
+        history = train(wrap(model, processes), optimizer,
+                        lambda step: task.batch(train_ids, settings, step, processes.rank, processes.world_size,
+                                                device),
+                        settings, start_step=start, history=history, after_step=after_step,
+                        progress=processes.is_main and not args.quiet)
+        step = history["step"][-1] if history["step"] else start
+        if processes.is_main:
+            save(step, history)
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    if step < settings.steps:
+        say(f"saved step {step} of {settings.steps} to {out}; run the same command again to resume")
+        return 130
+    if processes.is_main:
+        print(f"trained {step} steps; held-out text: {task.score(model, held_ids, held_bytes)}; saved to {out}")
+    return 0
+
+
+def _write_atomically(path, state):
+    """torch.save to a temporary file beside ``path``, then os.replace (as save_checkpoint)."""
+    fd, tmp = _temporary_beside(path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(state, f)
+        os.chmod(tmp, _mode_for(path))
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def text_model_from_checkpoint(state, path="checkpoint", device=None):
+    """(GPTTranslator, BPETokenizer, settings) from a loaded text checkpoint; raises CheckpointError."""
+    try:
+        tokenizer = BPETokenizer([((a, b), 256 + i) for i, (a, b) in enumerate(state["merges"])])
+        settings = TrainConfig(**state["settings"])
+        model = GPTTranslator(GPT(GPTConfig(**state["model_config"]))).to(device)
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint ({_one_line(exc)})") from None
+    return model, tokenizer, settings
+
+
+def cmd_generate(args):
+    problems = [(args.temperature < 0, f"--temperature must be >= 0, got {args.temperature}"),
+                (not 0 < args.top_p <= 1, f"--top-p must be in (0, 1], got {args.top_p}"),
+                (args.top_k is not None and args.top_k < 1, f"--top-k must be >= 1, got {args.top_k}"),
+                (args.max_new_tokens < 1, f"--max-new-tokens must be >= 1, got {args.max_new_tokens}"),
+                (not 0 <= args.seed <= MAX_SEED, f"--seed must be an integer from 0 to {MAX_SEED}, got {args.seed}")]
+    for bad, message in problems:
+        if bad:
+            _say(f"error: {message}")
+            return 2
+    try:
+        device = pick_device(args.device)
+    except ValueError as exc:
+        _say(f"error: {_one_line(exc)}")
+        return 2
+    model, tokenizer, _ = text_model_from_checkpoint(load_checkpoint(args.checkpoint, device, kind=TEXT_KIND),
+                                                     args.checkpoint, device)
+    ids = tokenizer.encode(args.prompt)
+    context = model.config.max_len
+    if not ids or len(ids) + args.max_new_tokens > context:
+        _say(f"error: the prompt is {len(ids)} tokens and --max-new-tokens {args.max_new_tokens}; together they "
+             f"must fit the model's context of {context} tokens, with at least one token of prompt")
+        return 2
+    generator = torch.Generator(device).manual_seed(args.seed)
+    out = sample(model.gpt, torch.tensor([ids], device=device), args.max_new_tokens, args.temperature,
+                 args.top_k, args.top_p, generator)
+    print(TEXT_TASK.write(tokenizer, out[0, len(ids):].tolist()))
+    return 0
+
+
 def _read_lines(args):
     """(label, text) for every input: the command-line texts, else the lines of stdin."""
     if args.text:
@@ -387,6 +543,10 @@ def build_parser():
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to train: auto (the default) takes the GPU when PyTorch sees one (CUDA)")
+    t.add_argument("--task", choices=("dates", "text"), default="dates",
+                   help="dates (chapter 8, the default) or text (chapter 14's GPT)")
+    t.add_argument("--text", metavar="FILE", help="--task text: a UTF-8 file to train on (default: Python's documentation)")
+    t.add_argument("--dropout", type=float, metavar="P", help="the model's dropout (default: the task's own)")
     size = t.add_argument_group("model, batch and schedule (defaults: the chapter's settings)")
     notes = {"cooldown": "steps at the end over which the learning rate falls towards 0; 0 keeps the paper's "
                          "schedule. A resumed run with a larger --steps moves the cooldown to the new end"}
@@ -402,6 +562,16 @@ def build_parser():
                    help="beam search with K hypotheses per date (default 1: greedy decoding)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                    help="where the model runs (default cpu; auto takes the GPU when PyTorch sees one)")
+    g = commands.add_parser("generate", help="continue a prompt with a text model (train --task text)")
+    g.add_argument("checkpoint", help="a file written by 'python -m book train --task text'")
+    g.add_argument("prompt", help="the text to continue")
+    g.add_argument("--max-new-tokens", type=int, default=64, metavar="N", help="tokens to write (default 64)")
+    g.add_argument("--temperature", type=float, default=0.8, metavar="T", help="0 is greedy (default 0.8)")
+    g.add_argument("--top-k", type=int, metavar="K", help="draw only from the K most likely tokens")
+    g.add_argument("--top-p", type=float, default=1.0, metavar="P", help="draw from the smallest set of "
+                   "tokens whose probability reaches P (default 1: all)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the draws (default 0)")
+    g.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu", help="where the model runs")
     return parser
 
 
@@ -416,11 +586,18 @@ def main(argv=None):
     if args.command == "train" and args.save_every < 1:
         _say(f"error: --save-every must be >= 1, got {args.save_every}")
         return 2
+    if args.command == "train" and args.dropout is not None and not 0 <= args.dropout < 1:
+        _say(f"error: --dropout must be in [0, 1), got {args.dropout}")
+        return 2
+    if args.command == "train" and args.text is not None and args.task != "text":
+        _say("error: --text FILE goes with --task text")
+        return 2
     if args.command == "train" and args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         _say(f"error: --seed must be an integer from 0 to {MAX_SEED}, got {args.seed}")
         return 2
     try:
-        return cmd_train(args) if args.command == "train" else cmd_translate(args)
+        commands = {"train": cmd_train, "translate": cmd_translate, "generate": cmd_generate}
+        return commands[args.command](args)
     except CheckpointError as exc:
         _say(f"error: {exc}")
         return 2
