@@ -17,10 +17,12 @@ the current step and saves; running the same command again resumes from the chec
 ends with the same weights as a run that was never interrupted.
 
 Under torchrun every process trains on 1/N of each global batch and DistributedDataParallel
-averages the gradients (``book.distributed``); only rank 0 prints and writes the checkpoint, a
-Ctrl-C stops every process after the same step, and the result equals the one-process run to
-rounding. ``--device cuda`` where there is no CUDA, or a batch that does not split into N
-equal parts, is one line on stderr and exit status 2.
+averages the gradients (``book.distributed``); the loss is the mean over every target token of the
+global batch, so each step equals the one-process step to rounding (whole runs drift apart as
+rounding makes them, chapter 12), each process draws its own dropout masks, and the history holds
+the global batch's loss. Only rank 0 prints and writes the checkpoint; a Ctrl-C stops every process
+after the same step. ``--device cuda`` where there is no CUDA, a batch that does not split into N
+equal parts, or a ``--cooldown`` longer than ``--steps``, is one line on stderr and exit status 2.
 
 Exit status: 0 success; 1 some input could not be read (each such line gets an empty output
 line and a message on stderr); 2 bad arguments, or a checkpoint that cannot be read or saved
@@ -40,7 +42,8 @@ from tqdm import tqdm
 
 from book.data import CharTokenizer, date_tokenizer, examples_for, split_dates
 from book.decoding import translate_beam
-from book.distributed import any_process, batch_slice, finish, local_batch_size, pick_device, start, wrap
+from book.distributed import (GlobalTokenLoss, any_process, batch_slice, finish, local_batch_size, pick_device,
+                              seed_dropout, start, wrap)
 from book.gpt import GPT, GPTConfig, GPTTranslator
 from book.sampling import sample
 from book.tokenizer import TEXT_TASK, BPETokenizer
@@ -260,6 +263,10 @@ def _train(args, out, processes):
     except ValueError as exc:
         say(f"error: {_one_line(exc)}")
         return 2
+    if settings.cooldown > settings.steps:  # the rate would be scaled down from the first step on
+        say(f"error: a cooldown of {settings.cooldown} steps is longer than the run's {settings.steps} steps; "
+            f"use --cooldown {settings.steps} or less (0: the paper's schedule)")
+        return 2
     say(news)
     if processes.world_size > 1:
         say(f"{processes.world_size} processes on {device.type}, "
@@ -268,6 +275,12 @@ def _train(args, out, processes):
     valid = examples_for(split.valid)
     interrupted = False
     trained = wrap(model, processes)  # DistributedDataParallel under torchrun, else the model itself
+    loss_fn = GlobalTokenLoss()  # the mean over every target token of the global batch
+
+    def next_batch(step):
+        seed_dropout(settings.seed, step, processes.rank)  # masks of this process's own, the same after a resume
+        return batch_slice(split.train, tokenizer, settings.batch_size, settings.seed, step,
+                           processes.rank, processes.world_size, device)
 
     def on_interrupt(signum, frame):
         nonlocal interrupted
@@ -286,6 +299,7 @@ def _train(args, out, processes):
                                   f"{out} holds the last save, if any") from None
 
     def after_step(step, history):
+        loss_fn.record(history)  # the global batch's loss, not this process's slice's
         if any_process(interrupted, processes):  # every process stops after the same step
             return True
         if processes.is_main and step % args.save_every == 0 and step < settings.steps:
@@ -295,12 +309,9 @@ def _train(args, out, processes):
     previous_handler = signal.signal(signal.SIGINT, on_interrupt)
     try:
         history = train(
-            trained, optimizer,
-            lambda step: batch_slice(split.train, tokenizer, settings.batch_size, settings.seed, step,
-                                     processes.rank, processes.world_size, device),
-            settings, start_step=start, history=history,
+            trained, optimizer, next_batch, settings, start_step=start, history=history,
             validate=(lambda _: exact_match(model, tokenizer, valid)[0]) if processes.is_main else None,
-            after_step=after_step, progress=processes.is_main and not args.quiet,
+            after_step=after_step, progress=processes.is_main and not args.quiet, loss_fn=loss_fn,
         )
         step = history["step"][-1] if history["step"] else start
         if processes.is_main:  # still under our handler: Ctrl-C cannot cut it short
@@ -548,8 +559,8 @@ def build_parser():
     t.add_argument("--text", metavar="FILE", help="--task text: a UTF-8 file to train on (default: Python's documentation)")
     t.add_argument("--dropout", type=float, metavar="P", help="the model's dropout (default: the task's own)")
     size = t.add_argument_group("model, batch and schedule (defaults: the chapter's settings)")
-    notes = {"cooldown": "steps at the end over which the learning rate falls towards 0; 0 keeps the paper's "
-                         "schedule. A resumed run with a larger --steps moves the cooldown to the new end"}
+    notes = {"cooldown": "steps at the end over which the learning rate falls towards 0, at most --steps; 0 keeps "
+                         "the paper's schedule. A resumed run with a larger --steps moves the cooldown to the new end"}
     for dest, field in SIZE_OPTIONS:
         note = notes.get(dest)
         size.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=int,

@@ -5,9 +5,13 @@ Under ``torchrun --nproc-per-node N`` every process runs the same program. ``sta
 process group torchrun describes in the environment (gloo on CPUs, nccl on GPUs); each process
 trains on its 1/N slice of every global batch (``batch_slice``), and ``wrap`` puts the model in
 DistributedDataParallel, which averages the gradients of all processes before every update, so
-that all N copies of the model stay equal to the one a single process would train.
+that all N copies of the model take the step a single process would take on the whole batch.
+``GlobalTokenLoss`` makes that hold for targets of any length, ``seed_dropout`` gives each process
+dropout masks of its own, and ``accumulate_gradients`` computes a large batch's gradient in pieces.
 """
+import contextlib
 import os
+import random
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +19,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from book.data import make_batch, sample_examples
+from book.train import label_smoothed_cross_entropy
 
 
 def pick_device(name="auto"):
@@ -191,3 +196,87 @@ def _check_model_device(model, device):
     if elsewhere:
         raise ValueError(f"the model is on {', '.join(sorted(map(str, found)))}, but this process trains on "
                          f"{device}; build it there (build_model(..., device)) before wrapping it")
+
+
+class GlobalTokenLoss:
+    """A loss_fn for train_step: chapter 8's smoothed loss, averaged over every real target token of the global batch.
+
+    Process r of N, whose slice holds n_r of the global batch's n real target tokens, returns
+    N * (n_r / n) * L_r, L_r being the mean loss of its slice. DDP averages the N gradients, which
+    gives the gradient of the mean over all n tokens, whatever the lengths of the targets in each
+    slice. One all-reduce brings n, the summed loss and the tokens predicted right to every
+    process; after each call ``loss`` and ``token_accuracy`` are the global batch's. In one process
+    n_r = n and the loss is chapter 8's. logits: (B, T, V); target: (B, T), pad_id where empty.
+    """
+
+    world_size = 1
+
+    def __call__(self, logits, target, smoothing, pad_id):
+        slice_mean = label_smoothed_cross_entropy(logits, target, smoothing, pad_id)  # L_r
+        real = target != pad_id
+        n_r = real.sum().to(slice_mean.dtype)
+        right = ((logits.argmax(-1) == target) & real).sum().to(slice_mean.dtype)
+        totals = torch.stack([n_r, slice_mean.detach() * n_r, right])
+        self.world_size = dist.get_world_size() if dist.is_initialized() else 1
+        if self.world_size > 1:
+            dist.all_reduce(totals)  # now over all slices: n, the summed loss, the tokens predicted right
+        n, summed, right = totals.tolist()
+        self.loss, self.token_accuracy = summed / n, right / n
+        return slice_mean * (n_r / n * self.world_size)
+
+    def record(self, history):
+        """Replace the last step's loss and token accuracy, this process's slice's, by the global batch's."""
+        if self.world_size > 1:
+            history["loss"][-1], history["token_accuracy"][-1] = self.loss, self.token_accuracy
+
+
+def seed_dropout(seed, step, rank):
+    """Seed this process's random numbers, and so dropout's masks, for training step ``step``.
+
+    Each (seed, rank, step) gets a stream of its own: the N processes drop different units, as one
+    process does across the rows of a whole batch, and a resumed run draws the masks of a run that
+    never stopped. Call it after building the model, whose initial weights come from ``seed``
+    alone and are the same on every process.
+    """
+    _check_dropout_seed(seed, step, rank)
+    torch.manual_seed(random.Random(f"dropout:{seed}:{rank}:{step}").getrandbits(63))
+
+
+def _check_dropout_seed(seed, step, rank):
+    if not _is_int(rank) or rank < 0:
+        raise ValueError(f"rank must be a non-negative integer, got {rank!r}")
+    if not _is_int(step) or step < 1:
+        raise ValueError(f"step must be a positive integer (training counts its steps from 1), got {step!r}")
+    if not _is_int(seed) or not 0 <= seed < 2 ** 63:
+        raise ValueError(f"seed must be an integer in [0, 2**63), as TrainConfig takes, got {seed!r}")
+
+
+def accumulate_gradients(model, micro_batches, smoothing):
+    """Leave in every .grad the gradient of one step on all ``micro_batches`` together, one backward each.
+
+    Each micro-batch's loss is its tokens' summed loss over n, the real target tokens of all
+    micro-batches (of all processes, under DDP), times N, as in GlobalTokenLoss; the backward passes
+    add their gradients up. Inside DDP, no_sync skips the all-reduce of every micro-batch but the
+    last, whose backward all-reduces the accumulated sums once. The optimizer's step comes next.
+    micro_batches: Batches with src (b, S) and tgt_in, tgt_out (b, T), any b, S and T.
+    """
+    _check_micro_batches(micro_batches)
+    pad_id = model.config.pad_id
+    counts = [(batch.tgt_out != pad_id).sum() for batch in micro_batches]  # n_r of each micro-batch
+    n = torch.stack(counts).sum()
+    world_size = dist.get_world_size() if dist.is_initialized() else 1
+    if world_size > 1:
+        dist.all_reduce(n)
+    model.zero_grad(set_to_none=True)
+    for i, (batch, n_r) in enumerate(zip(micro_batches, counts)):
+        last = i == len(micro_batches) - 1
+        quiet = model.no_sync() if isinstance(model, DistributedDataParallel) and not last else contextlib.nullcontext()
+        with quiet:
+            logits = model(batch.src, batch.tgt_in)
+            loss = label_smoothed_cross_entropy(logits, batch.tgt_out, smoothing, pad_id)
+            (loss * (n_r / n * world_size)).backward()
+
+
+def _check_micro_batches(micro_batches):
+    if isinstance(micro_batches, (str, bytes)) or not hasattr(micro_batches, "__len__") or len(micro_batches) == 0:
+        raise ValueError(f"micro_batches must be a non-empty list of Batches, got {micro_batches!r:.80}")

@@ -19,7 +19,7 @@ from book.train import TrainConfig, build_model, make_optimizer, new_history, tr
 # --cooldown 0: with a cooldown, a run continued to more steps has another schedule than one long run.
 TINY_ARGS = ["--d-model", "16", "--heads", "2", "--layers", "1", "--d-ff", "32", "--batch-size", "16", "--warmup", "10",
              "--cooldown", "0"]
-TINY = TrainConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32, batch_size=16, warmup=10, steps=10)
+TINY = TrainConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32, batch_size=16, warmup=10, cooldown=0, steps=10)
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
@@ -250,3 +250,19 @@ def test_foreign_file(tmp_path, kind):
     else:
         torch.save(nn.Linear(2, 2), foreign)  # weights_only loading refuses arbitrary objects
     assert_one_line_error(run("translate", foreign, "25 November 2026"), str(foreign))
+
+
+@pytest.mark.parametrize("cooldown", [None, "11"])
+def test_a_cooldown_longer_than_the_run_is_one_line_and_exit_2(tmp_path, capsys, cooldown):
+    # None: chapter 8's default cooldown of 400 steps, longer than a 10-step run too.
+    out = tmp_path / "m.pt"
+    sizes = [a for a in TINY_ARGS if a not in ("--cooldown", "0")]
+    given = ["--cooldown", cooldown] if cooldown else []
+    assert cli.main(["train", "--out", str(out), "--steps", "10", "--quiet", *sizes, *given]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert f"cooldown of {cooldown or TrainConfig.cooldown} steps" in err[0] and "10 steps" in err[0]
+    assert "--cooldown 10 or less" in err[0]
+    assert not out.exists()
+    # A cooldown as long as the run is accepted.
+    assert cli.main(["train", "--out", str(out), "--steps", "10", "--quiet", *sizes, "--cooldown", "10"]) == 0
