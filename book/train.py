@@ -105,8 +105,9 @@ def noam_rate(step, d_model, warmup, factor=1.0):
 def learning_rate(step, settings, d_model):
     """The rate at ``step``: noam_rate, then straight down over the last settings.cooldown steps.
 
-    In the cooldown the rate is multiplied by (steps - step + 1) / (cooldown + 1), which falls
-    from 1 to 1 / (cooldown + 1) at the last step; cooldown=0 leaves the paper's schedule.
+    In the cooldown the rate is multiplied by (steps - step + 1) / (cooldown + 1): cooldown / (cooldown + 1)
+    at its first step, falling by 1 / (cooldown + 1) a step to 1 / (cooldown + 1) at the last;
+    cooldown=0 leaves the paper's schedule.
     """
     if step > settings.steps:  # the cooldown would turn the rate negative
         raise ValueError(f"step {step} is past the run's last step, settings.steps={settings.steps}")
@@ -120,13 +121,14 @@ def learning_rate(step, settings, d_model):
 def train_step(model, optimizer, batch, step, settings, loss_fn=None):
     """One update at ``step`` (counted from 1). Returns (loss, share of target tokens predicted right).
 
-    loss_fn(logits, target, smoothing, pad_id) defaults to label_smoothed_cross_entropy.
+    batch.src (B, S), batch.tgt_in and batch.tgt_out (B, T); loss_fn(logits, target, smoothing, pad_id)
+    defaults to label_smoothed_cross_entropy.
     """
     loss_fn = label_smoothed_cross_entropy if loss_fn is None else loss_fn
     for group in optimizer.param_groups:
         group["lr"] = learning_rate(step, settings, model.config.d_model)
     model.train()
-    logits = model(batch.src, batch.tgt_in)  # encode, then decode, with the batch's masks
+    logits = model(batch.src, batch.tgt_in)  # (B, T, V): every position predicts the next character
     loss = loss_fn(logits, batch.tgt_out, settings.label_smoothing, model.config.pad_id)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
