@@ -361,3 +361,32 @@ def test_broken_bib_fails_to_parse(tmp_path):
     broken.write_text("@misc{a,\n  title = {x},\n  year = {2023}\n@misc{b,\n  title = {y}\n}\n")
     with pytest.raises(PybtexSyntaxError):
         parse_file(str(broken))
+
+
+def _diagram_problems(nb):
+    """Why a notebook fails 'a diagram of the mechanism, drawn with the shared helper' (empty: it passes)."""
+    cells = [c for c in code_cells(nb) if "diagram" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        return ["no code cell tagged `diagram`"]
+    problems = []
+    if not any(any("image/png" in o.get("data", {}) for o in c.get("outputs", [])) for c in cells):
+        problems.append("no `diagram` cell shows an image")
+    if not any("diagram." in source(c) for c in cells):
+        problems.append("no `diagram` cell draws with book.diagram")
+    return problems
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.name)
+def test_every_chapter_draws_a_diagram(path):
+    problems = _diagram_problems(load(path))
+    assert not problems, f"{path.name}: " + "; ".join(problems)
+
+
+def test_diagram_check_can_fail():
+    plot = {"cell_type": "code", "metadata": {"tags": []}, "source": ["plt.plot([1, 2])"],
+            "outputs": [{"output_type": "display_data", "data": {"image/png": "..."}}]}
+    assert _diagram_problems({"cells": [plot]}) == ["no code cell tagged `diagram`"]
+    tagged = dict(plot, metadata={"tags": ["diagram"]})
+    assert _diagram_problems({"cells": [tagged]}) == ["no `diagram` cell draws with book.diagram"]
+    drawn = dict(tagged, source=["fig, ax = diagram.canvas(4, 2)"], outputs=[])
+    assert _diagram_problems({"cells": [drawn]}) == ["no `diagram` cell shows an image"]
