@@ -236,13 +236,7 @@ def _train(args, out, processes):
             except ValueError as exc:
                 say(f"error: {_one_line(exc)}")
                 return 2
-        optimizer = make_optimizer(model)
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"{out}: damaged optimizer state ({_one_line(exc)})") from None
-        torch.set_rng_state(state["rng_state"].cpu())
-        start, history = state["step"], state["history"]
+        optimizer, start, history = _resumed(model, state, out)
         if start >= settings.steps:
             say(f"{out} is already trained to step {start} (asked for {settings.steps}); nothing to do")
             return 0
@@ -358,13 +352,7 @@ def _train_text(args, out, processes):
         say(f"error: {_one_line(exc)}")
         return 2
     if out.exists():
-        optimizer = make_optimizer(model)
-        try:
-            optimizer.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError, RuntimeError) as exc:
-            raise CheckpointError(f"{out}: damaged optimizer state ({_one_line(exc)})") from None
-        torch.set_rng_state(state["rng_state"].cpu())
-        start, history = state["step"], state["history"]
+        optimizer, start, history = _resumed(model, state, out)
         if start >= settings.steps:
             say(f"{out} is already trained to step {start} (asked for {settings.steps}); nothing to do")
             return 0
@@ -539,6 +527,17 @@ def cmd_translate(args):
     flush()
     return 1 if failed else 0
 
+
+
+def _resumed(model, state, out):
+    """The optimizer, step and history a checkpoint's run stopped at; the random state restored too."""
+    optimizer = make_optimizer(model)
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{out}: damaged optimizer state ({_one_line(exc)})") from None
+    torch.set_rng_state(state["rng_state"].cpu())
+    return optimizer, state["step"], state["history"]
 
 def build_parser():
     parser = argparse.ArgumentParser(
