@@ -42,7 +42,7 @@ def check_causal(model, src, tgt):
 
     src: (B, S), tgt: (B, T) token ids, T >= 2. For every t < T - 1 the tokens after t are
     replaced by other (non-padding) tokens, and the logits at positions 0..t must not move by
-    more than TOLERANCE times the largest |logit|. Runs in eval mode, then in train mode with
+    more than TOLERANCE times the largest absolute logit. Runs in eval mode, then in train mode with
     dropout held fixed (see ``HeldDropout``), so that a leak that exists only in training is caught.
     """
     pad_id = _check_inputs(model, src, tgt, "check_causal", min_length=2)
@@ -133,7 +133,7 @@ def check_padding(model, src, tgt, extra=2):
 
     src: (B, S), tgt: (B, T). ``extra`` padding ids are appended to every row of one of them;
     the logits at the T original target positions must not move by more than TOLERANCE times
-    the largest |logit|. Runs in eval mode, then in train mode with dropout held fixed by
+    the largest absolute logit. Runs in eval mode, then in train mode with dropout held fixed by
     ``HeldDropout``, whose masks depend on each element's index only, so that the longer rows
     draw the same masks on the positions both forwards share. If the model draws other random
     numbers (the same input gives other logits under another seed), train mode is not judged,
@@ -189,7 +189,7 @@ def check_batch_independence(model, src, tgt):
     """Each example's logits are the same in the batch as alone: examples must not see each other.
 
     src: (B, S), tgt: (B, T), B >= 2. Runs the batch, then every example as a batch of one, in
-    eval mode; each example's logits must agree within TOLERANCE times the batch's largest |logit|.
+    eval mode; each example's logits must agree within TOLERANCE times the batch's largest absolute logit.
     """
     _check_inputs(model, src, tgt, "check_batch_independence", min_batch=2)
     with evaluating(model), torch.no_grad():
