@@ -206,10 +206,15 @@ class Batch:
     tgt_mask: torch.Tensor
 
 
-def make_batch(examples, tokenizer, device=None):
-    """A list of Examples (or (source, target) pairs) -> a padded Batch with its masks, on ``device``."""
+def make_batch(examples, tokenizer, device=None, target_tokenizer=None):
+    """A list of Examples (or (source, target) pairs) -> a padded Batch with its masks, on ``device``.
+
+    The targets are encoded by ``target_tokenizer`` when sources and targets have different
+    vocabularies (letters and phones in chapter 13); by ``tokenizer`` otherwise, as for dates.
+    """
+    target_tokenizer = _target_side(tokenizer, target_tokenizer)
     src = tokenizer.encode_batch([ex[0] for ex in examples], device=device)
-    tgt = tokenizer.encode_batch([ex[1] for ex in examples], start=True, end=True, device=device)
+    tgt = target_tokenizer.encode_batch([ex[1] for ex in examples], start=True, end=True, device=device)
     tgt_in, tgt_out = tgt[:, :-1], tgt[:, 1:]  # teacher forcing: read up to t, predict t + 1
     src_mask = padding_mask(src, tokenizer.pad_id)
     tgt_mask = padding_mask(tgt_in, tokenizer.pad_id) & causal_mask(tgt_in.size(1), src.device)
@@ -219,3 +224,29 @@ def make_batch(examples, tokenizer, device=None):
 def batch_for_step(dates, tokenizer, batch_size, seed, step, device=None):
     """Training batch number ``step`` of a run with ``seed``: ``batch_size`` random Examples from ``dates``."""
     return make_batch(sample_examples(dates, batch_size, seed, step), tokenizer, device)
+
+
+def _target_side(tokenizer, target_tokenizer):
+    """The tokenizer of the targets; both sides must pad with the same id, the model's pad_id."""
+    if target_tokenizer is None:
+        return tokenizer
+    if target_tokenizer.pad_id != tokenizer.pad_id:
+        raise ValueError(f"the source and target tokenizers pad with different ids "
+                         f"({tokenizer.pad_id} and {target_tokenizer.pad_id}); the model has one pad_id")
+    return target_tokenizer
+
+
+def sample_pairs(pairs, n, seed, step):
+    """``n`` (source, target) pairs drawn at random from ``pairs``, as sample_examples draws dates.
+
+    The draw depends only on (seed, step), so a resumed run sees the batches of one that never stopped.
+    """
+    if not pairs or isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"need at least one pair and a positive n, got {len(pairs)} pairs and n={n!r}")
+    rng = random.Random(f"{seed}:{step}")
+    return [pairs[rng.randrange(len(pairs))] for _ in range(n)]
+
+
+def pairs_batch_for_step(pairs, tokenizer, batch_size, seed, step, device=None, target_tokenizer=None):
+    """Training batch number ``step`` of a run on any (source, target) pairs; targets may differ in length."""
+    return make_batch(sample_pairs(pairs, batch_size, seed, step), tokenizer, device, target_tokenizer)

@@ -44,15 +44,20 @@ class TrainConfig:
             raise ValueError(f"seed must be an integer in [0, 2**63), as torch.manual_seed takes, got {self.seed!r}")
 
 
-def build_model(settings, tokenizer, device=None):
-    """A Transformer sized by ``settings`` whose vocabularies are the tokenizer's, seeded by settings.seed.
+def build_model(settings, tokenizer, device=None, target_tokenizer=None):
+    """A Transformer sized by ``settings`` whose vocabularies are the tokenizers', seeded by settings.seed.
 
-    The weights are drawn on the CPU and then moved to ``device``, so every device starts from the
-    same numbers.
+    ``target_tokenizer`` gives the target vocabulary when it differs from the source's (then
+    settings.share_embeddings must be False). The weights are drawn on the CPU and then moved to
+    ``device``, so every device starts from the same numbers.
     """
+    target_tokenizer = tokenizer if target_tokenizer is None else target_tokenizer
+    if settings.share_embeddings and len(target_tokenizer) != len(tokenizer):
+        raise ValueError(f"share_embeddings needs one vocabulary, got {len(tokenizer)} source and "
+                         f"{len(target_tokenizer)} target tokens; set share_embeddings=False")
     torch.manual_seed(settings.seed)
     config = TransformerConfig(
-        src_vocab_size=len(tokenizer), tgt_vocab_size=len(tokenizer), d_model=settings.d_model,
+        src_vocab_size=len(tokenizer), tgt_vocab_size=len(target_tokenizer), d_model=settings.d_model,
         num_heads=settings.num_heads, num_layers=settings.num_layers, d_ff=settings.d_ff,
         dropout=settings.dropout, max_len=128, pad_id=tokenizer.pad_id,
         share_embeddings=settings.share_embeddings,
@@ -213,29 +218,35 @@ def evaluating(model):
             module.training = training
 
 
-def translate(model, tokenizer, texts, batch_size=500, max_len=16, decode=None):
+def translate(model, tokenizer, texts, batch_size=500, max_len=16, decode=None, target_tokenizer=None):
     """Read a list of texts, return the model's answer for each, as strings.
 
     decode(model, src, max_len, start_id, end_id) -> ids writes the answers: greedy_decode unless
     given; later chapters pass their own (chapter 9's cached one, chapter 11's for a decoder-only model).
+    ``target_tokenizer`` writes the answers when targets have a vocabulary of their own.
     """
     if isinstance(texts, str):  # a string is a sequence too: of one-character texts
         raise ValueError(f"texts must be a list of strings, got one string {texts!r}; pass [{texts!r}]")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     decode = greedy_decode if decode is None else decode
+    writer = tokenizer if target_tokenizer is None else target_tokenizer
+    if writer.pad_id != tokenizer.pad_id:
+        raise ValueError(f"the source and target tokenizers pad with different ids "
+                         f"({tokenizer.pad_id} and {writer.pad_id}); the model has one pad_id")
     answers, device = [], next(model.parameters()).device
     for first in range(0, len(texts), batch_size):
         src = tokenizer.encode_batch(texts[first:first + batch_size], device=device)
-        ids = decode(model, src, max_len, tokenizer.start_id, tokenizer.end_id)
-        answers.extend(tokenizer.decode_batch(ids))
+        ids = decode(model, src, max_len, writer.start_id, writer.end_id)
+        answers.extend(writer.decode_batch(ids))
     return answers
 
 
-def exact_match(model, tokenizer, examples, decode=None):
-    """Share of Examples whose answer equals the target exactly, and the answers themselves."""
+def exact_match(model, tokenizer, examples, decode=None, target_tokenizer=None):
+    """Share of Examples (or (source, target) pairs) answered exactly right, and the answers themselves."""
     if not examples:
         raise ValueError("exact_match needs at least one example, got none")
-    answers = translate(model, tokenizer, [ex.source for ex in examples], decode=decode)
-    correct = sum(answer == ex.target for answer, ex in zip(answers, examples))
+    answers = translate(model, tokenizer, [ex[0] for ex in examples], decode=decode,
+                        target_tokenizer=target_tokenizer)
+    correct = sum(answer == ex[1] for answer, ex in zip(answers, examples))
     return correct / len(examples), answers

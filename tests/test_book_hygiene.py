@@ -114,7 +114,7 @@ def _parse(cell):
 
 
 # Modules written by hand, not exported, and the chapter that presents them: usable from there on.
-PRESENTED = {"01_problems_solved": {"diagram"}, "08_training": {"cli"}}
+PRESENTED = {"01_problems_solved": {"diagram"}, "08_training": {"cli", "experiments"}}
 
 
 def test_chapters_import_only_from_earlier_chapters():

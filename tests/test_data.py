@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from book.data import (
     FIRST_DATE, FORMATS, LAST_DATE, Example, batch_for_step, date_tokenizer, examples_for, format_date,
-    make_batch, ordinal, sample_examples, split_dates, CharTokenizer,
+    make_batch, ordinal, pairs_batch_for_step, sample_examples, sample_pairs, split_dates, CharTokenizer,
 )
 
 NOV_25 = date(2026, 11, 25)
@@ -201,3 +201,39 @@ def test_batch_for_step_is_the_batch_of_sample_examples():
     again = make_batch(sample_examples(SPLIT.train, 16, seed=0, step=3), TOKENIZER)
     assert torch.equal(batch.src, again.src) and torch.equal(batch.tgt_out, again.tgt_out)
     assert batch.src.size(0) == 16
+
+
+# --- Any (source, target) pairs: chapter 13 and the command line's --pairs train on these.
+
+def test_sample_pairs_depends_only_on_seed_and_step():
+    pairs = [(f"w{i}", f"p{i}") for i in range(50)]
+    first = sample_pairs(pairs, 8, seed=3, step=7)
+    assert first == sample_pairs(pairs, 8, seed=3, step=7)
+    assert first != sample_pairs(pairs, 8, seed=3, step=8)
+    assert all(pair in pairs for pair in first)
+    with pytest.raises(ValueError, match="0 pairs"):
+        sample_pairs([], 8, seed=0, step=1)
+    with pytest.raises(ValueError, match="n=0"):
+        sample_pairs(pairs, 0, seed=0, step=1)
+
+
+def test_pairs_batches_pad_targets_of_different_lengths():
+    tokenizer = CharTokenizer("abcdef")
+    pairs = [("ab", "c"), ("abc", "defdef")]
+    batch = pairs_batch_for_step(pairs, tokenizer, 16, seed=0, step=1)
+    lengths = (batch.tgt_out != tokenizer.pad_id).sum(dim=1)
+    assert set(lengths.tolist()) == {2, 7}  # "c" + end, "defdef" + end
+    # The short row's decoder input is <s> c </s> then padding; no query may attend to the padding.
+    short = (lengths == 2).nonzero()[0, 0]
+    assert batch.tgt_in[short, :3].tolist() == [tokenizer.start_id, tokenizer.encode("c", end=False)[0], tokenizer.end_id]
+    assert not batch.tgt_mask[short, :, 3:].any()
+
+
+def test_target_tokenizer_must_share_the_pad_id():
+    class OtherPad(CharTokenizer):
+        def __init__(self, alphabet):
+            super().__init__(alphabet)
+            self.pad_id = 5
+
+    with pytest.raises(ValueError, match=r"pad with different ids \(0 and 5\)"):
+        make_batch([("ab", "cd")], CharTokenizer("ab"), target_tokenizer=OtherPad("cd"))

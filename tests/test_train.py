@@ -282,3 +282,27 @@ def test_translate_and_exact_match_refuse_bad_input():
             translate(model, TOKENIZER, ["25 Nov 2026"], batch_size=batch_size)
     with pytest.raises(ValueError, match="at least one example"):
         exact_match(model, TOKENIZER, [])
+
+
+# --- Sources and targets with vocabularies of their own (chapter 13's letters and phones).
+
+def test_build_model_sizes_the_target_side_from_its_tokenizer():
+    from book.data import CharTokenizer
+    letters, sounds = CharTokenizer("abc"), CharTokenizer("uvwxyz")
+    untied = TrainConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32, share_embeddings=False)
+    model = build_model(untied, letters, target_tokenizer=sounds)
+    assert model.src_embed.weight.shape[0] == len(letters) and model.generator.weight.shape[0] == len(sounds)
+    tied = TrainConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32, share_embeddings=True)
+    with pytest.raises(ValueError, match="6 source and 9 target tokens"):
+        build_model(tied, letters, target_tokenizer=sounds)
+
+
+def test_translate_writes_with_the_target_tokenizer():
+    from book.data import CharTokenizer
+    letters, sounds = CharTokenizer("abc"), CharTokenizer("uvwxyz")
+    settings = TrainConfig(d_model=16, num_heads=2, num_layers=1, d_ff=32, share_embeddings=False)
+    model = build_model(settings, letters, target_tokenizer=sounds)
+    answers = translate(model, letters, ["abc", "a"], target_tokenizer=sounds)
+    assert len(answers) == 2 and all(set(a) <= set("uvwxyz") for a in answers)
+    score, _ = exact_match(model, letters, [("abc", answers[0]), ("a", answers[1] + "u")], target_tokenizer=sounds)
+    assert score == 0.5
