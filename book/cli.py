@@ -7,6 +7,9 @@ Usage::
     python -m book translate date-model.pt "25 November 2026"     # prints 2026-11-25
     python -m book translate date-model.pt < dates.txt             # one answer per line
     python -m book translate date-model.pt --beam 4 "25 November 2026"   # beam search (chapter 9)
+    python -m book train --task pronounce --out g2p.pt           # words to phones (chapter 13)
+    python -m book translate g2p.pt phoenix knight               # one pronunciation per line
+    python -m book train --pairs FILE.tsv --out own.pt           # your own tab-separated pairs
     python -m book train --task text [--text FILE] --out lm.pt    # a GPT on text (chapter 14)
     python -m book generate lm.pt "The with statement" --temperature 0.8 --seed 1
 
@@ -45,6 +48,8 @@ from book.decoding import translate_beam
 from book.distributed import (GlobalTokenLoss, any_process, batch_slice, finish, local_batch_size, pick_device,
                               seed_dropout, start, wrap)
 from book.gpt import GPT, GPTConfig, GPTTranslator
+from book.pronounce import (PRONOUNCE_TASK, PAIRS_SETTINGS, PhoneTokenizer, batch_of_pairs, build_translator,
+                             char_tokenizers, pronounce, read_pairs)
 from book.sampling import sample
 from book.tokenizer import TEXT_TASK, BPETokenizer
 from book.train import TrainConfig, build_model, exact_match, make_optimizer, new_history, train, translate
@@ -53,8 +58,10 @@ from book.transformer import Transformer, TransformerConfig
 CHECKPOINT_KIND = "transformer-from-scratch/date-reader"
 CHECKPOINT_VERSION = 1
 TEXT_KIND = "transformer-from-scratch/text-gpt"  # chapter 14's GPT, written by train --task text
+PAIRS_KIND = "transformer-from-scratch/translator"  # chapter 13's: train --task pronounce or --pairs FILE
 KIND_NAMES = {CHECKPOINT_KIND: "a date reader (python -m book translate reads it)",
-              TEXT_KIND: "a text model (python -m book generate reads it)"}
+              TEXT_KIND: "a text model (python -m book generate reads it)",
+              PAIRS_KIND: "a translator of words or pairs (python -m book translate reads it)"}
 MAX_LINE_CHARS = 100  # the longest date the formats produce has 29 characters
 TRANSLATE_CHUNK = 256  # lines translated together when reading stdin
 MAX_SEED = 2**63 - 1  # torch.manual_seed takes up to 2**64 - 1, but book.train.TrainConfig stops here
@@ -149,6 +156,8 @@ def load_checkpoint(path, device="cpu", kind=CHECKPOINT_KIND):
     if kind == TEXT_KIND:
         del expected["alphabet"]
         expected.update(merges=list, source=str)
+    if kind == PAIRS_KIND:
+        expected.update(source=str, targets=list, max_output=int)
     for key, kind in expected.items():
         if not isinstance(state.get(key), kind):
             raise CheckpointError(f"{path}: damaged checkpoint, entry {key!r} is missing or not a {kind.__name__}")
@@ -212,7 +221,11 @@ def cmd_train(args):
         _say_once(f"error: {_one_line(exc)}")
         return 2
     try:
-        return _train_text(args, out, processes) if args.task == "text" else _train(args, out, processes)
+        if args.task == "text":
+            return _train_text(args, out, processes)
+        if args.task == "pronounce" or args.pairs is not None:
+            return _train_pairs(args, out, processes)
+        return _train(args, out, processes)
     finally:
         finish()
 
@@ -404,6 +417,136 @@ def _train_text(args, out, processes):
     return 0
 
 
+def _train_pairs(args, out, processes):
+    """--task pronounce (chapter 13's dictionary) or --pairs FILE (characters as tokens): an encoder-decoder.
+
+    What the pronounce task reads, builds and scores is book.pronounce.PRONOUNCE_TASK; a pairs file is
+    read by book.pronounce.read_pairs.
+    """
+    device = processes.device
+    say = _say if processes.is_main else (lambda message: None)
+    requested = _requested_settings(args)
+    source = "pronounce" if args.pairs is None else str(args.pairs)
+    steps = {"steps": args.steps} if args.steps is not None else {}
+    try:
+        if args.pairs is None:
+            split, letters, phones, pairs = PRONOUNCE_TASK.data()
+        else:
+            pairs = read_pairs(args.pairs)
+        if out.exists():
+            state = load_checkpoint(out, device, kind=PAIRS_KIND)
+            model, letters, phones, settings = translator_from_checkpoint(state, out, device)
+            clashes = [f"{name}={value} (checkpoint has {getattr(settings, name)})"
+                       for name, value in requested.items() if getattr(settings, name) != value]
+            if state["source"] != source:
+                clashes.append(f"data {source} (checkpoint has {state['source']})")
+            if clashes:
+                say(f"error: {out} was trained with other settings: {', '.join(clashes)}; use another --out")
+                return 2
+            settings = dataclasses.replace(settings, **steps)
+        else:
+            defaults = PRONOUNCE_TASK.settings if args.pairs is None else PAIRS_SETTINGS
+            settings = dataclasses.replace(defaults, **requested, **steps)
+            if args.pairs is not None:
+                letters, phones = char_tokenizers(pairs)
+        local_batch_size(settings.batch_size, processes.world_size)
+    except ValueError as exc:
+        say(f"error: {_one_line(exc)}")
+        return 2
+    if settings.cooldown > settings.steps:
+        say(f"error: a cooldown of {settings.cooldown} steps is longer than the run's {settings.steps} steps; "
+            f"use --cooldown {settings.steps} or less (0: the paper's schedule)")
+        return 2
+    if out.exists():
+        optimizer, start, history = _resumed(model, state, out)
+        if start >= settings.steps:
+            say(f"{out} is already trained to step {start} (asked for {settings.steps}); nothing to do")
+            return 0
+    else:
+        if args.pairs is None:
+            model = PRONOUNCE_TASK.model(settings, letters, phones, device)
+        else:  # room for the longest source, and for answers up to twice the longest target
+            longest = max(max(len(s) for s, _ in pairs), 2 * max(len(t) for _, t in pairs)) + 1
+            model = build_translator(settings, letters, phones, device, PRONOUNCE_TASK.norm_first, max(longest, 32))
+        optimizer, start, history = make_optimizer(model), 0, new_history()
+    max_output = PRONOUNCE_TASK.max_phones if args.pairs is None else model.config.max_len - 1
+    say(f"training a translator on {source} ({len(pairs):,} pairs), steps {start + 1} to {settings.steps}, "
+        f"seed {settings.seed}; saving to {out}")
+    targets = phones.phones if isinstance(phones, PhoneTokenizer) else list(phones.alphabet)
+    loss_fn = GlobalTokenLoss()
+
+    def save(step, history):
+        state = {"kind": PAIRS_KIND, "version": CHECKPOINT_VERSION, "settings": dataclasses.asdict(settings),
+                 "model_config": dataclasses.asdict(model.config), "alphabet": letters.alphabet,
+                 "targets": targets, "phones": isinstance(phones, PhoneTokenizer), "source": source,
+                 "max_output": max_output, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                 "step": step, "rng_state": torch.get_rng_state(), "history": history}
+        try:
+            _write_atomically(out, state)
+        except OSError as exc:
+            raise CheckpointError(f"cannot save step {step} to {out} ({exc.strerror or _one_line(exc)}); "
+                                  f"{out} holds the last save, if any") from None
+
+    interrupted = []
+
+    def on_interrupt(signum, frame):  # the first Ctrl-C saves after this step, a second quits
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+
+    def next_batch(step):
+        seed_dropout(settings.seed, step, processes.rank)
+        return batch_of_pairs(pairs, letters, phones, settings, step, processes.rank, processes.world_size, device)
+
+    def after_step(step, history):
+        loss_fn.record(history)
+        if any_process(bool(interrupted), processes):
+            return True
+        if processes.is_main and step % args.save_every == 0 and step < settings.steps:
+            save(step, history)
+        return False
+
+    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        history = train(wrap(model, processes), optimizer, next_batch, settings, start_step=start, history=history,
+                        after_step=after_step, progress=processes.is_main and not args.quiet, loss_fn=loss_fn)
+        step = history["step"][-1] if history["step"] else start
+        if processes.is_main:
+            save(step, history)
+    except KeyboardInterrupt:
+        say(f"stopped without saving; {out} holds the last periodic save, if any")
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    if step < settings.steps:
+        say(f"saved step {step} of {settings.steps} to {out}; run the same command again to resume")
+        return 130
+    if not processes.is_main:
+        return 0
+    if args.pairs is None:
+        scores = PRONOUNCE_TASK.scores(model, letters, phones, split.test)
+        print(f"trained {step} steps; {len(split.test):,} test words, beam {PRONOUNCE_TASK.beam_size}: "
+              + ", ".join(f"{name} {100 * value:.1f}%" for name, value in scores.items()) + f"; saved to {out}")
+    else:
+        print(f"trained {step} steps on {len(pairs):,} pairs; saved to {out}")
+    return 0
+
+
+def translator_from_checkpoint(state, path="checkpoint", device=None):
+    """(model, source tokenizer, target tokenizer, settings) from a --task pronounce or --pairs checkpoint."""
+    try:
+        letters = CharTokenizer(state["alphabet"])
+        phones = PhoneTokenizer(state["targets"]) if state.get("phones") else CharTokenizer("".join(state["targets"]))
+        settings = TrainConfig(**state["settings"])
+        model = Transformer(TransformerConfig(**state["model_config"])).to(device)
+        model.load_state_dict(state["model"])
+    except (TypeError, ValueError, RuntimeError, KeyError) as exc:
+        raise CheckpointError(f"{path}: damaged checkpoint ({_one_line(exc)})") from None
+    if model.config.src_vocab_size != len(letters) or model.config.tgt_vocab_size != len(phones):
+        raise CheckpointError(f"{path}: damaged checkpoint, the vocabularies do not match the model")
+    return model, letters, phones, settings
+
+
 def _write_atomically(path, state):
     """torch.save to a temporary file beside ``path``, then os.replace (as save_checkpoint)."""
     fd, tmp = _temporary_beside(path)
@@ -474,12 +617,12 @@ def _read_lines(args):
             yield f"line {i}", line.decode(encoding, errors="surrogateescape").rstrip("\r\n")
 
 
-def _problem(text, tokenizer):
+def _problem(text, tokenizer, limit=MAX_LINE_CHARS):
     """Why ``text`` cannot be read, or None when it can."""
     if not text.strip():
         return "empty line"
-    if len(text.strip()) > MAX_LINE_CHARS:
-        return f"{len(text.strip())} characters, longer than any date this model reads (at most {MAX_LINE_CHARS})"
+    if len(text.strip()) > limit:
+        return f"{len(text.strip())} characters, longer than this model reads (at most {limit})"
     try:
         tokenizer.encode(text.strip())
     except ValueError as exc:
@@ -488,7 +631,7 @@ def _problem(text, tokenizer):
 
 
 def cmd_translate(args):
-    if args.beam < 1:
+    if args.beam is not None and args.beam < 1:
         _say(f"error: --beam must be an integer >= 1, got {args.beam}")
         return 2
     try:
@@ -496,18 +639,31 @@ def cmd_translate(args):
     except ValueError as exc:
         _say(f"error: {_one_line(exc)}")
         return 2
-    state = load_checkpoint(args.checkpoint, device)
-    model, tokenizer, _ = model_from_checkpoint(state, args.checkpoint, device)
+    state = _any_checkpoint(args.checkpoint, device)
+    if state["kind"] == PAIRS_KIND:  # chapter 13's: words to phones, or the user's own pairs
+        model, tokenizer, target, _ = translator_from_checkpoint(state, args.checkpoint, device)
+        pronouncing = state["source"] == "pronounce"
+        beam = args.beam or (PRONOUNCE_TASK.beam_size if pronouncing else 1)
+        limit = model.config.max_len - 1
+
+        def answer(texts):
+            texts = [t.lower() for t in texts] if pronouncing else texts  # the dictionary's words are lower case
+            return pronounce(model, tokenizer, target, texts, beam, state["max_output"])
+    else:
+        model, tokenizer, _ = model_from_checkpoint(state, args.checkpoint, device)
+        beam, limit = args.beam or 1, MAX_LINE_CHARS
+
+        def answer(texts):
+            if beam > 1:  # beam search with K hypotheses per date (chapter 9)
+                return translate_beam(model, tokenizer, texts, beam_size=beam)
+            return translate(model, tokenizer, texts)
     model.eval()
     failed = False
     chunk = []
 
     def flush():
         texts = [text.strip() for _, text, problem in chunk if problem is None]
-        if args.beam > 1:  # beam search with K hypotheses per date (chapter 9)
-            answers = iter(translate_beam(model, tokenizer, texts, beam_size=args.beam)) if texts else iter(())
-        else:
-            answers = iter(translate(model, tokenizer, texts)) if texts else iter(())
+        answers = iter(answer(texts)) if texts else iter(())
         for label, text, problem in chunk:
             if problem is None:
                 print(next(answers))
@@ -517,7 +673,7 @@ def cmd_translate(args):
         chunk.clear()
 
     for label, text in _read_lines(args):
-        problem = _problem(text, tokenizer)
+        problem = _problem(text.lower() if state["kind"] == PAIRS_KIND and pronouncing else text, tokenizer, limit)
         if problem is not None:
             failed = True
             _say(f"{label}: {problem}")
@@ -527,6 +683,16 @@ def cmd_translate(args):
     flush()
     return 1 if failed else 0
 
+
+
+def _any_checkpoint(path, device):
+    """A date reader's or a translator's checkpoint, whichever ``path`` holds (CheckpointError otherwise)."""
+    try:
+        return load_checkpoint(path, device, kind=PAIRS_KIND)
+    except CheckpointError as exc:
+        if "this checkpoint is a date reader" not in str(exc):
+            raise
+    return load_checkpoint(path, device)
 
 
 def _resumed(model, state, out):
@@ -553,8 +719,11 @@ def build_parser():
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where to train: auto (the default) takes the GPU when PyTorch sees one (CUDA)")
-    t.add_argument("--task", choices=("dates", "text"), default="dates",
-                   help="dates (chapter 8, the default) or text (chapter 14's GPT)")
+    t.add_argument("--task", choices=("dates", "pronounce", "text"), default="dates",
+                   help="dates (chapter 8, the default), pronounce (chapter 13's words to phones) or text "
+                        "(chapter 14's GPT)")
+    t.add_argument("--pairs", metavar="FILE", help="train on your own tab-separated (source, target) lines, "
+                   "characters as tokens")
     t.add_argument("--text", metavar="FILE", help="--task text: a UTF-8 file to train on (default: Python's documentation)")
     t.add_argument("--dropout", type=float, metavar="P", help="the model's dropout (default: the task's own)")
     size = t.add_argument_group("model, batch and schedule (defaults: the chapter's settings)")
@@ -565,11 +734,11 @@ def build_parser():
         size.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=int,
                           help=f"{note}; default {getattr(TrainConfig, field)}" if note else f"default {getattr(TrainConfig, field)}")
 
-    r = commands.add_parser("translate", help="read dates, write them as YYYY-MM-DD")
+    r = commands.add_parser("translate", help="read dates (or words, or the sources of your pairs), write the answers")
     r.add_argument("checkpoint", help="a file written by 'python -m book train'")
-    r.add_argument("text", nargs="*", help="dates to read; without any, one date per line from stdin")
-    r.add_argument("--beam", type=int, default=1, metavar="K",
-                   help="beam search with K hypotheses per date (default 1: greedy decoding)")
+    r.add_argument("text", nargs="*", help="texts to read; without any, one per line from stdin")
+    r.add_argument("--beam", type=int, metavar="K",
+                   help="beam search with K hypotheses per input (default: 4 for pronounce, else 1, greedy)")
     r.add_argument("--device", choices=("auto", "cpu", "cuda"), default="cpu",
                    help="where the model runs (default cpu; auto takes the GPU when PyTorch sees one)")
     g = commands.add_parser("generate", help="continue a prompt with a text model (train --task text)")
@@ -601,6 +770,9 @@ def main(argv=None):
         return 2
     if args.command == "train" and args.text is not None and args.task != "text":
         _say("error: --text FILE goes with --task text")
+        return 2
+    if args.command == "train" and args.pairs is not None and args.task != "dates":
+        _say(f"error: --pairs FILE is a task of its own; leave out --task {args.task}")
         return 2
     if args.command == "train" and args.seed is not None and not 0 <= args.seed <= MAX_SEED:
         _say(f"error: --seed must be an integer from 0 to {MAX_SEED}, got {args.seed}")
