@@ -714,7 +714,7 @@ def build_parser():
     t = commands.add_parser("train", help="train a model (or resume one) and save a checkpoint")
     t.add_argument("--out", required=True, help="checkpoint file; if it exists, training resumes from it")
     t.add_argument("--seed", type=int, help="seed for the initial weights and the batches (default 0)")
-    t.add_argument("--steps", type=int, help=f"total number of steps (default {TrainConfig.steps})")
+    t.add_argument("--steps", type=int, help=f"total number of steps (default: the task's own; {TrainConfig.steps} for dates)")
     t.add_argument("--save-every", type=int, default=200, help="save a checkpoint every N steps (default 200)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
