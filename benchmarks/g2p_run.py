@@ -4,7 +4,7 @@
 
 Runs `python -m book train --task pronounce --out g2p.pt` (the defaults of book.pronounce.PRONOUNCE_TASK)
 unless --skip-training, and reports its wall time and the load average before and after; then, on the
-6,216 test words of the fixed split, WER and PER with stress kept and stripped, greedy (chapter 9's
+6,216 test words of the fixed split (or the 6,265 validation words, --words valid), WER and PER with stress kept and stripped, greedy (chapter 9's
 cached greedy_decode) and beam 4, and how long decoding the whole test set takes each way (one thread
 and the default thread count of this machine).
 """
@@ -29,6 +29,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="g2p.pt")
     parser.add_argument("--skip-training", action="store_true", help="score an existing checkpoint")
+    parser.add_argument("--words", choices=("test", "valid"), default="test",
+                        help="which held-out words to score (choose settings on valid, report test)")
     parser.add_argument("extra", nargs="*", help="more options for python -m book train (after --)")
     args = parser.parse_args()
     if not args.skip_training:
@@ -46,8 +48,9 @@ def main():
     print(f"model: {settings}, norm_first={model.config.norm_first}, "
           f"{sum(p.numel() for p in model.parameters()):,} parameters, step {state['step']}")
     split = PRONOUNCE_TASK.data()[0]
-    words = sorted(split.test)
-    refs = [split.test[w] for w in words]
+    held_out = getattr(split, args.words)
+    words = sorted(held_out)
+    refs = [held_out[w] for w in words]
     threads = torch.get_num_threads()
     for name, beam in (("greedy", 1), ("beam 4", 4)):
         for n in sorted({1, threads}):
@@ -55,7 +58,7 @@ def main():
             began = time.perf_counter()
             answers = pronounce(model, letters, phones, words, beam_size=beam)
             seconds = time.perf_counter() - began
-            print(f"{name}, {n} thread(s): {len(words):,} test words decoded in {seconds:.1f} s "
+            print(f"{name}, {n} thread(s): {len(words):,} {args.words} words decoded in {seconds:.1f} s "
                   f"({1000 * seconds / len(words):.2f} ms a word)")
         torch.set_num_threads(threads)
         (wer, per), (wer_s, per_s) = error_rates(answers, refs), error_rates(answers, refs, stress=False)

@@ -1,4 +1,4 @@
-"""The command line: train the date reader of chapter 8, then use it.
+"""The command line: train the book's models (dates, pronunciations, text, your own pairs), then use them.
 
 Usage::
 
@@ -13,8 +13,8 @@ Usage::
     python -m book train --task text [--text FILE] --out lm.pt    # a GPT on text (chapter 14)
     python -m book generate lm.pt "The with statement" --temperature 0.8 --seed 1
 
-``train`` uses the chapter's defaults (``book.train.TrainConfig``: tied embeddings, the paper's
-schedule with a cooldown over the last steps), shows a progress bar on
+``train`` uses each task's defaults (for dates ``book.train.TrainConfig``: tied embeddings, the paper's
+schedule with a cooldown over the last steps; ``--help`` lists every task's), shows a progress bar on
 stderr and saves a checkpoint every ``--save-every`` steps and at the end. Ctrl-C stops after
 the current step and saves; running the same command again resumes from the checkpoint and
 ends with the same weights as a run that was never interrupted.
@@ -95,25 +95,8 @@ def _mode_for(path):
         return 0o666 & ~umask
 
 
-def save_checkpoint(path, model, optimizer, tokenizer, settings, step, history):
-    """Write everything a resumed run needs, atomically: a temporary file, then os.replace.
-
-    Only tensors, dicts, lists, strings and numbers are stored, so the file loads with
-    torch.load(..., weights_only=True).
-    """
-    state = {
-        "kind": CHECKPOINT_KIND,
-        "version": CHECKPOINT_VERSION,
-        "settings": dataclasses.asdict(settings),
-        "model_config": dataclasses.asdict(model.config),
-        "alphabet": tokenizer.alphabet,
-        "model": model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "step": step,
-        "rng_state": torch.get_rng_state(),
-        "history": history,
-    }
-    path = Path(path)
+def _write_atomically(path, state):
+    """torch.save to a temporary file beside ``path``, flushed to disk, then os.replace onto it."""
     fd, tmp = _temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as f:
@@ -126,6 +109,28 @@ def save_checkpoint(path, model, optimizer, tokenizer, settings, step, history):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def checkpoint_state(model, optimizer, tokenizer, settings, step, history):
+    """Everything a resumed run of the date reader needs: tensors, dicts, lists, strings and numbers only,
+    so the file loads with torch.load(..., weights_only=True)."""
+    return {
+        "kind": CHECKPOINT_KIND,
+        "version": CHECKPOINT_VERSION,
+        "settings": dataclasses.asdict(settings),
+        "model_config": dataclasses.asdict(model.config),
+        "alphabet": tokenizer.alphabet,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "rng_state": torch.get_rng_state(),
+        "history": history,
+    }
+
+
+def save_checkpoint(path, model, optimizer, tokenizer, settings, step, history):
+    """Write checkpoint_state atomically: a temporary file beside ``path``, then os.replace."""
+    _write_atomically(Path(path), checkpoint_state(model, optimizer, tokenizer, settings, step, history))
 
 
 def load_checkpoint(path, device="cpu", kind=CHECKPOINT_KIND):
@@ -226,194 +231,184 @@ def cmd_train(args):
         if args.task == "pronounce" or args.pairs is not None:
             return _train_pairs(args, out, processes)
         return _train(args, out, processes)
+    except _Exit as stop:
+        if stop.message:
+            _say_once(stop.message)
+        return stop.code
     finally:
         finish()
 
 
-def _train(args, out, processes):
-    say = _say if processes.is_main else (lambda message: None)
-    device = processes.device
-    requested = _requested_settings(args)
-    if out.exists():
-        state = load_checkpoint(out, device)  # a foreign file is never overwritten: CheckpointError
-        model, tokenizer, settings = model_from_checkpoint(state, out, device)
-        clashes = [f"{name}={value} (checkpoint has {getattr(settings, name)})"
-                   for name, value in requested.items() if getattr(settings, name) != value]
-        if clashes:
-            say(f"error: {out} was trained with other settings: {', '.join(clashes)}; "
-                 f"use another --out to start a new run")
-            return 2
-        if args.steps is not None:
-            try:
-                settings = dataclasses.replace(settings, steps=args.steps)
-            except ValueError as exc:
-                say(f"error: {_one_line(exc)}")
-                return 2
-        optimizer, start, history = _resumed(model, state, out)
-        if start >= settings.steps:
-            say(f"{out} is already trained to step {start} (asked for {settings.steps}); nothing to do")
-            return 0
-        news = f"resuming {out} from step {start} of {settings.steps}"
-    else:
+class _Exit(Exception):
+    """Leave ``train`` with exit status ``code``, after rank 0 says ``message`` (if any) on stderr."""
+
+    def __init__(self, code, message=None):
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+def _refuse(exc):
+    return _Exit(2, f"error: {_one_line(exc)}")
+
+
+def _clashes(requested, settings, data=None, stored_data=None):
+    """What the command line asks for that the checkpoint's run did otherwise (an empty list if nothing)."""
+    found = [f"{name}={value} (checkpoint has {getattr(settings, name)})"
+             for name, value in requested.items() if getattr(settings, name) != value]
+    if data != stored_data:
+        found.append(f"data {data} (checkpoint has {stored_data})")
+    return found
+
+
+def _resumed_settings(out, settings, args, requested, data=None, stored_data=None):
+    """A checkpoint's settings with the new --steps; refused if other options ask for another run."""
+    clashes = _clashes(requested, settings, data, stored_data)
+    if clashes:
+        raise _Exit(2, f"error: {out} was trained with other settings: {', '.join(clashes)}; "
+                       f"use another --out to start a new run")
+    return settings if args.steps is None else dataclasses.replace(settings, steps=args.steps)
+
+
+def _begin(out, state, model, settings, processes):
+    """(optimizer, steps done, history) for a new run (state None) or one resumed from its checkpoint."""
+    try:
+        local_batch_size(settings.batch_size, processes.world_size)  # torchrun's N must divide the batch
+    except ValueError as exc:
+        raise _refuse(exc) from None
+    if settings.cooldown > settings.steps:  # the rate would be scaled down from the first step on
+        raise _Exit(2, f"error: a cooldown of {settings.cooldown} steps is longer than the run's {settings.steps} "
+                       f"steps; use --cooldown {settings.steps} or less (0: the paper's schedule)")
+    if state is None:
+        return make_optimizer(model), 0, new_history()
+    optimizer, start, history = _resumed(model, state, out)
+    if start >= settings.steps:
+        raise _Exit(0, f"{out} is already trained to step {start} (asked for {settings.steps}); nothing to do")
+    return optimizer, start, history
+
+
+def _run_training(args, out, processes, model, optimizer, settings, start, history, next_batch, state_of,
+                  validate=None, loss_fn=None):
+    """The loop every task shares: train from ``start`` to settings.steps, saving as it goes.
+
+    Saves ``state_of(step, history)`` atomically every --save-every steps and at the end. The first
+    Ctrl-C stops every process after the same step and saves; a second quits at once, keeping the last
+    save. Returns normally only when the run is complete.
+    """
+    interrupted = []
+
+    def save(step, history):
         try:
-            settings = TrainConfig(**requested, **({"steps": args.steps} if args.steps is not None else {}))
+            _write_atomically(out, state_of(step, history))
+        except OSError as exc:  # disk full, directory made read-only, ...: the last save is still whole
+            raise CheckpointError(f"cannot save step {step} to {out} ({exc.strerror or _one_line(exc)}); "
+                                  f"{out} holds the last save, if any") from None
+
+    def on_interrupt(signum, frame):
+        if interrupted:
+            raise KeyboardInterrupt
+        interrupted.append(True)
+        if processes.is_main:
+            tqdm.write("interrupted: finishing this step, then saving (Ctrl-C again to quit without saving)",
+                       file=sys.stderr)
+
+    def after_step(step, history):
+        if loss_fn is not None:
+            loss_fn.record(history)  # the global batch's loss, not this process's slice's
+        if any_process(bool(interrupted), processes):  # every process stops after the same step
+            return True
+        if processes.is_main and step % args.save_every == 0 and step < settings.steps:
+            save(step, history)
+        return False
+
+    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
+    try:
+        history = train(wrap(model, processes), optimizer, next_batch, settings, start_step=start, history=history,
+                        validate=validate if processes.is_main else None, after_step=after_step,
+                        progress=processes.is_main and not args.quiet, loss_fn=loss_fn)
+        step = history["step"][-1] if history["step"] else start
+        if processes.is_main:  # still under our handler: Ctrl-C cannot cut it short
+            save(step, history)
+    except KeyboardInterrupt:
+        raise _Exit(130, f"stopped without saving; {out} holds the last periodic save, if any") from None
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    if step < settings.steps:  # stopped early: a Ctrl-C here or in another process
+        raise _Exit(130, f"saved step {step} of {settings.steps} to {out}; run the same command again to resume")
+    if not processes.is_main:
+        raise _Exit(0)
+
+
+def _train(args, out, processes):
+    """The dates (chapter 8): book.train's model and recipe, scored by exact match on the test dates."""
+    device, requested, state = processes.device, _requested_settings(args), None
+    try:
+        if out.exists():
+            state = load_checkpoint(out, device)  # a foreign file is never overwritten: CheckpointError
+            model, tokenizer, settings = model_from_checkpoint(state, out, device)
+            settings = _resumed_settings(out, settings, args, requested)
+        else:
+            settings = TrainConfig(**requested, **({} if args.steps is None else {"steps": args.steps}))
             tokenizer = date_tokenizer()
             model = build_model(settings, tokenizer, device)
-        except ValueError as exc:
-            say(f"error: {_one_line(exc)}")
-            return 2
-        optimizer = make_optimizer(model)
-        start, history = 0, new_history()
-        news = f"training a new model, {settings.steps} steps, seed {settings.seed}; saving to {out}"
-    try:
-        local_batch_size(settings.batch_size, processes.world_size)
     except ValueError as exc:
-        say(f"error: {_one_line(exc)}")
-        return 2
-    if settings.cooldown > settings.steps:  # the rate would be scaled down from the first step on
-        say(f"error: a cooldown of {settings.cooldown} steps is longer than the run's {settings.steps} steps; "
-            f"use --cooldown {settings.steps} or less (0: the paper's schedule)")
-        return 2
-    say(news)
+        raise _refuse(exc) from None
+    optimizer, start, history = _begin(out, state, model, settings, processes)
+    say = _say if processes.is_main else (lambda message: None)
+    say(f"resuming {out} from step {start} of {settings.steps}" if state else
+        f"training a new model, {settings.steps} steps, seed {settings.seed}; saving to {out}")
     if processes.world_size > 1:
         say(f"{processes.world_size} processes on {device.type}, "
             f"{settings.batch_size // processes.world_size} examples each of every batch of {settings.batch_size}")
     split = split_dates()
     valid = examples_for(split.valid)
-    interrupted = False
-    trained = wrap(model, processes)  # DistributedDataParallel under torchrun, else the model itself
-    loss_fn = GlobalTokenLoss()  # the mean over every target token of the global batch
 
     def next_batch(step):
         seed_dropout(settings.seed, step, processes.rank)  # masks of this process's own, the same after a resume
         return batch_slice(split.train, tokenizer, settings.batch_size, settings.seed, step,
                            processes.rank, processes.world_size, device)
 
-    def on_interrupt(signum, frame):
-        nonlocal interrupted
-        if interrupted:  # a second Ctrl-C: stop at once, keep the last saved checkpoint
-            raise KeyboardInterrupt
-        interrupted = True
-        if processes.is_main:
-            tqdm.write("interrupted: finishing this step, then saving (Ctrl-C again to quit without saving)",
-                       file=sys.stderr)
-
-    def save(step, history):
-        try:
-            save_checkpoint(out, model, optimizer, tokenizer, settings, step, history)
-        except OSError as exc:  # disk full, directory made read-only, ...: the save was atomic, so nothing is lost
-            raise CheckpointError(f"cannot save step {step} to {out} ({exc.strerror or _one_line(exc)}); "
-                                  f"{out} holds the last save, if any") from None
-
-    def after_step(step, history):
-        loss_fn.record(history)  # the global batch's loss, not this process's slice's
-        if any_process(interrupted, processes):  # every process stops after the same step
-            return True
-        if processes.is_main and step % args.save_every == 0 and step < settings.steps:
-            save(step, history)
-        return False
-
-    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        history = train(
-            trained, optimizer, next_batch, settings, start_step=start, history=history,
-            validate=(lambda _: exact_match(model, tokenizer, valid)[0]) if processes.is_main else None,
-            after_step=after_step, progress=processes.is_main and not args.quiet, loss_fn=loss_fn,
-        )
-        step = history["step"][-1] if history["step"] else start
-        if processes.is_main:  # still under our handler: Ctrl-C cannot cut it short
-            save(step, history)
-    except KeyboardInterrupt:
-        say(f"stopped without saving; {out} holds the last periodic save, if any")
-        return 130
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-    if step < settings.steps:  # stopped early: a Ctrl-C here or in another process
-        say(f"saved step {step} of {settings.steps} to {out}; run the same command again to resume")
-        return 130
-    if not processes.is_main:
-        return 0
+    _run_training(args, out, processes, model, optimizer, settings, start, history, next_batch,
+                  lambda step, history: checkpoint_state(model, optimizer, tokenizer, settings, step, history),
+                  validate=lambda _: exact_match(model, tokenizer, valid)[0], loss_fn=GlobalTokenLoss())
     accuracy, _ = exact_match(model, tokenizer, examples_for(split.test))
-    print(f"trained {step} steps; exact match on {len(split.test)} test dates: {100 * accuracy:.2f}%; saved to {out}")
+    print(f"trained {settings.steps} steps; exact match on {len(split.test)} test dates: {100 * accuracy:.2f}%; "
+          f"saved to {out}")
     return 0
 
 
 def _train_text(args, out, processes):
     """--task text: chapter 14's GPT; what the task reads, trains and prints is book.tokenizer.TEXT_TASK."""
-    task, device = TEXT_TASK, processes.device
-    say = _say if processes.is_main else (lambda message: None)
+    task, device, state = TEXT_TASK, processes.device, None
     requested, source = _requested_settings(args), str(args.text or "documentation")
     try:
         text = task.read(args.text)
         if out.exists():
             state = load_checkpoint(out, device, kind=TEXT_KIND)
             model, tokenizer, settings = text_model_from_checkpoint(state, out, device)
-            clashes = [f"{name}={value} (checkpoint has {getattr(settings, name)})"
-                       for name, value in {**requested, "text": source}.items()
-                       if (state["source"] if name == "text" else getattr(settings, name)) != value]
-            if clashes:
-                say(f"error: {out} was trained with other settings: {', '.join(clashes)}; use another --out")
-                return 2
-            settings = dataclasses.replace(settings, **({"steps": args.steps} if args.steps is not None else {}))
+            settings = _resumed_settings(out, settings, args, requested, source, state["source"])
         else:
             settings = dataclasses.replace(task.settings, **requested,
-                                           **({"steps": args.steps} if args.steps is not None else {}))
+                                           **({} if args.steps is None else {"steps": args.steps}))
             tokenizer = None
         tokenizer, train_ids, held_ids, held_bytes = task.prepare(text, tokenizer)
-        local_batch_size(settings.batch_size, processes.world_size)
     except ValueError as exc:
-        say(f"error: {_one_line(exc)}")
-        return 2
-    if out.exists():
-        optimizer, start, history = _resumed(model, state, out)
-        if start >= settings.steps:
-            say(f"{out} is already trained to step {start} (asked for {settings.steps}); nothing to do")
-            return 0
-    else:
+        raise _refuse(exc) from None
+    if state is None:
         model = task.model(settings, tokenizer, device)
-        optimizer, start, history = make_optimizer(model), 0, new_history()
-    say(f"training a GPT on {source} ({len(train_ids):,} tokens of {len(tokenizer)}), steps {start + 1} to "
-        f"{settings.steps}, seed {settings.seed}; saving to {out}")
+    optimizer, start, history = _begin(out, state, model, settings, processes)
+    _say_once(f"training a GPT on {source} ({len(train_ids):,} tokens of {len(tokenizer)}), steps {start + 1} to "
+              f"{settings.steps}, seed {settings.seed}; saving to {out}")
 
-    def save(step, history):
-        state = {"kind": TEXT_KIND, "version": CHECKPOINT_VERSION, "settings": dataclasses.asdict(settings),
-                 "model_config": dataclasses.asdict(model.config), "merges": [list(p) for p, _ in tokenizer.merges],
-                 "source": source, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
-                 "rng_state": torch.get_rng_state(), "history": history}
-        _write_atomically(out, state)
+    def state_of(step, history):
+        return {"kind": TEXT_KIND, "version": CHECKPOINT_VERSION, "settings": dataclasses.asdict(settings),
+                "model_config": dataclasses.asdict(model.config), "merges": [list(p) for p, _ in tokenizer.merges],
+                "source": source, "model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step,
+                "rng_state": torch.get_rng_state(), "history": history}
 
-    interrupted = []
-
-    def on_interrupt(signum, frame):  # the first Ctrl-C saves after this step, a second quits
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted.append(True)
-
-    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
-
-    def after_step(step, history):
-        if any_process(bool(interrupted), processes):
-            return True
-        if processes.is_main and step % args.save_every == 0 and step < settings.steps:
-            save(step, history)
-        return False
-
-    try:
-        history = train(wrap(model, processes), optimizer,
-                        lambda step: task.batch(train_ids, settings, step, processes.rank, processes.world_size,
-                                                device),
-                        settings, start_step=start, history=history, after_step=after_step,
-                        progress=processes.is_main and not args.quiet)
-        step = history["step"][-1] if history["step"] else start
-        if processes.is_main:
-            save(step, history)
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-    if step < settings.steps:
-        say(f"saved step {step} of {settings.steps} to {out}; run the same command again to resume")
-        return 130
-    if processes.is_main:
-        print(f"trained {step} steps; held-out text: {task.score(model, held_ids, held_bytes)}; saved to {out}")
+    _run_training(args, out, processes, model, optimizer, settings, start, history,
+                  lambda step: task.batch(train_ids, settings, step, processes.rank, processes.world_size, device),
+                  state_of)
+    print(f"trained {settings.steps} steps; held-out text: {task.score(model, held_ids, held_bytes)}; saved to {out}")
     return 0
 
 
@@ -423,112 +418,53 @@ def _train_pairs(args, out, processes):
     What the pronounce task reads, builds and scores is book.pronounce.PRONOUNCE_TASK; a pairs file is
     read by book.pronounce.read_pairs.
     """
-    device = processes.device
-    say = _say if processes.is_main else (lambda message: None)
-    requested = _requested_settings(args)
+    device, requested, state = processes.device, _requested_settings(args), None
     source = "pronounce" if args.pairs is None else str(args.pairs)
-    steps = {"steps": args.steps} if args.steps is not None else {}
     try:
         if args.pairs is None:
             split, letters, phones, pairs = PRONOUNCE_TASK.data()
         else:
             pairs = read_pairs(args.pairs)
+            letters, phones = char_tokenizers(pairs)
         if out.exists():
             state = load_checkpoint(out, device, kind=PAIRS_KIND)
             model, letters, phones, settings = translator_from_checkpoint(state, out, device)
-            clashes = [f"{name}={value} (checkpoint has {getattr(settings, name)})"
-                       for name, value in requested.items() if getattr(settings, name) != value]
-            if state["source"] != source:
-                clashes.append(f"data {source} (checkpoint has {state['source']})")
-            if clashes:
-                say(f"error: {out} was trained with other settings: {', '.join(clashes)}; use another --out")
-                return 2
-            settings = dataclasses.replace(settings, **steps)
+            settings = _resumed_settings(out, settings, args, requested, source, state["source"])
         else:
-            defaults = PRONOUNCE_TASK.settings if args.pairs is None else PAIRS_SETTINGS
-            settings = dataclasses.replace(defaults, **requested, **steps)
-            if args.pairs is not None:
-                letters, phones = char_tokenizers(pairs)
-        local_batch_size(settings.batch_size, processes.world_size)
+            settings = dataclasses.replace(PRONOUNCE_TASK.settings if args.pairs is None else PAIRS_SETTINGS,
+                                           **requested, **({} if args.steps is None else {"steps": args.steps}))
     except ValueError as exc:
-        say(f"error: {_one_line(exc)}")
-        return 2
-    if settings.cooldown > settings.steps:
-        say(f"error: a cooldown of {settings.cooldown} steps is longer than the run's {settings.steps} steps; "
-            f"use --cooldown {settings.steps} or less (0: the paper's schedule)")
-        return 2
-    if out.exists():
-        optimizer, start, history = _resumed(model, state, out)
-        if start >= settings.steps:
-            say(f"{out} is already trained to step {start} (asked for {settings.steps}); nothing to do")
-            return 0
-    else:
-        if args.pairs is None:
-            model = PRONOUNCE_TASK.model(settings, letters, phones, device)
-        else:  # room for the longest source, and for answers up to twice the longest target
-            longest = max(max(len(s) for s, _ in pairs), 2 * max(len(t) for _, t in pairs)) + 1
-            model = build_translator(settings, letters, phones, device, PRONOUNCE_TASK.norm_first, max(longest, 32))
-        optimizer, start, history = make_optimizer(model), 0, new_history()
+        raise _refuse(exc) from None
+    if state is None and args.pairs is None:
+        model = PRONOUNCE_TASK.model(settings, letters, phones, device)
+    elif state is None:  # room for the longest source, and for answers up to twice the longest target
+        longest = max(max(len(s) for s, _ in pairs), 2 * max(len(t) for _, t in pairs)) + 1
+        model = build_translator(settings, letters, phones, device, PRONOUNCE_TASK.norm_first, max(longest, 32))
+    optimizer, start, history = _begin(out, state, model, settings, processes)
     max_output = PRONOUNCE_TASK.max_phones if args.pairs is None else model.config.max_len - 1
-    say(f"training a translator on {source} ({len(pairs):,} pairs), steps {start + 1} to {settings.steps}, "
-        f"seed {settings.seed}; saving to {out}")
+    _say_once(f"training a translator on {source} ({len(pairs):,} pairs), steps {start + 1} to {settings.steps}, "
+              f"seed {settings.seed}; saving to {out}")
     targets = phones.phones if isinstance(phones, PhoneTokenizer) else list(phones.alphabet)
-    loss_fn = GlobalTokenLoss()
-
-    def save(step, history):
-        state = {"kind": PAIRS_KIND, "version": CHECKPOINT_VERSION, "settings": dataclasses.asdict(settings),
-                 "model_config": dataclasses.asdict(model.config), "alphabet": letters.alphabet,
-                 "targets": targets, "phones": isinstance(phones, PhoneTokenizer), "source": source,
-                 "max_output": max_output, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                 "step": step, "rng_state": torch.get_rng_state(), "history": history}
-        try:
-            _write_atomically(out, state)
-        except OSError as exc:
-            raise CheckpointError(f"cannot save step {step} to {out} ({exc.strerror or _one_line(exc)}); "
-                                  f"{out} holds the last save, if any") from None
-
-    interrupted = []
-
-    def on_interrupt(signum, frame):  # the first Ctrl-C saves after this step, a second quits
-        if interrupted:
-            raise KeyboardInterrupt
-        interrupted.append(True)
 
     def next_batch(step):
         seed_dropout(settings.seed, step, processes.rank)
         return batch_of_pairs(pairs, letters, phones, settings, step, processes.rank, processes.world_size, device)
 
-    def after_step(step, history):
-        loss_fn.record(history)
-        if any_process(bool(interrupted), processes):
-            return True
-        if processes.is_main and step % args.save_every == 0 and step < settings.steps:
-            save(step, history)
-        return False
+    def state_of(step, history):
+        return {"kind": PAIRS_KIND, "version": CHECKPOINT_VERSION, "settings": dataclasses.asdict(settings),
+                "model_config": dataclasses.asdict(model.config), "alphabet": letters.alphabet,
+                "targets": targets, "phones": isinstance(phones, PhoneTokenizer), "source": source,
+                "max_output": max_output, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "step": step, "rng_state": torch.get_rng_state(), "history": history}
 
-    previous_handler = signal.signal(signal.SIGINT, on_interrupt)
-    try:
-        history = train(wrap(model, processes), optimizer, next_batch, settings, start_step=start, history=history,
-                        after_step=after_step, progress=processes.is_main and not args.quiet, loss_fn=loss_fn)
-        step = history["step"][-1] if history["step"] else start
-        if processes.is_main:
-            save(step, history)
-    except KeyboardInterrupt:
-        say(f"stopped without saving; {out} holds the last periodic save, if any")
-        return 130
-    finally:
-        signal.signal(signal.SIGINT, previous_handler)
-    if step < settings.steps:
-        say(f"saved step {step} of {settings.steps} to {out}; run the same command again to resume")
-        return 130
-    if not processes.is_main:
-        return 0
+    _run_training(args, out, processes, model, optimizer, settings, start, history, next_batch, state_of,
+                  loss_fn=GlobalTokenLoss())
     if args.pairs is None:
         scores = PRONOUNCE_TASK.scores(model, letters, phones, split.test)
-        print(f"trained {step} steps; {len(split.test):,} test words, beam {PRONOUNCE_TASK.beam_size}: "
+        print(f"trained {settings.steps} steps; {len(split.test):,} test words, beam {PRONOUNCE_TASK.beam_size}: "
               + ", ".join(f"{name} {100 * value:.1f}%" for name, value in scores.items()) + f"; saved to {out}")
     else:
-        print(f"trained {step} steps on {len(pairs):,} pairs; saved to {out}")
+        print(f"trained {settings.steps} steps on {len(pairs):,} pairs; saved to {out}")
     return 0
 
 
@@ -545,20 +481,6 @@ def translator_from_checkpoint(state, path="checkpoint", device=None):
     if model.config.src_vocab_size != len(letters) or model.config.tgt_vocab_size != len(phones):
         raise CheckpointError(f"{path}: damaged checkpoint, the vocabularies do not match the model")
     return model, letters, phones, settings
-
-
-def _write_atomically(path, state):
-    """torch.save to a temporary file beside ``path``, then os.replace (as save_checkpoint)."""
-    fd, tmp = _temporary_beside(path)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-        os.chmod(tmp, _mode_for(path))
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def text_model_from_checkpoint(state, path="checkpoint", device=None):
@@ -705,16 +627,23 @@ def _resumed(model, state, out):
     torch.set_rng_state(state["rng_state"].cpu())
     return optimizer, state["step"], state["history"]
 
+def _task_defaults(field):
+    """'64 (dates), 128 (pronounce), ...': a TrainConfig field's default in each task, for --help."""
+    defaults = {"dates": TrainConfig(), "pronounce": PRONOUNCE_TASK.settings, "text": TEXT_TASK.settings,
+                "--pairs": PAIRS_SETTINGS}
+    return ", ".join(f"{getattr(settings, field)} ({task})" for task, settings in defaults.items())
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m book", description="Train the Transformer of chapter 8 to read dates, and use it."
+        prog="python -m book", description="Train the book's Transformers (dates, pronunciations, text, your own pairs) and use them."
     )
     commands = parser.add_subparsers(dest="command", required=True)
 
     t = commands.add_parser("train", help="train a model (or resume one) and save a checkpoint")
     t.add_argument("--out", required=True, help="checkpoint file; if it exists, training resumes from it")
     t.add_argument("--seed", type=int, help="seed for the initial weights and the batches (default 0)")
-    t.add_argument("--steps", type=int, help=f"total number of steps (default: the task's own; {TrainConfig.steps} for dates)")
+    t.add_argument("--steps", type=int, help=f"total number of steps (default {_task_defaults('steps')})")
     t.add_argument("--save-every", type=int, default=200, help="save a checkpoint every N steps (default 200)")
     t.add_argument("--quiet", action="store_true", help="no progress bar")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
@@ -726,13 +655,13 @@ def build_parser():
                    "characters as tokens")
     t.add_argument("--text", metavar="FILE", help="--task text: a UTF-8 file to train on (default: Python's documentation)")
     t.add_argument("--dropout", type=float, metavar="P", help="the model's dropout (default: the task's own)")
-    size = t.add_argument_group("model, batch and schedule (defaults: the chapter's settings)")
+    size = t.add_argument_group("model, batch and schedule (defaults: each task's own)")
     notes = {"cooldown": "steps at the end over which the learning rate falls towards 0, at most --steps; 0 keeps "
-                         "the paper's schedule. A resumed run with a larger --steps moves the cooldown to the new end"}
+                         "the paper's schedule. A resumed run with a larger --steps moves the cooldown to the new end; "}
     for dest, field in SIZE_OPTIONS:
-        note = notes.get(dest)
+        values = _task_defaults(field)
         size.add_argument(f"--{dest.replace('_', '-')}", dest=dest, type=int,
-                          help=f"{note}; default {getattr(TrainConfig, field)}" if note else f"default {getattr(TrainConfig, field)}")
+                          help=f"{notes.get(dest, '')}default {values}")
 
     r = commands.add_parser("translate", help="read dates (or words, or the sources of your pairs), write the answers")
     r.add_argument("checkpoint", help="a file written by 'python -m book train'")

@@ -8,6 +8,7 @@
 a user's own tab-separated pairs for ``--pairs``.
 """
 import math
+import random
 import zlib
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from book.data import CharTokenizer, pairs_batch_for_step
+from book.data import CharTokenizer, make_batch, sample_pairs
 from book.decoding import beam_search, greedy_decode
 from book.distributed import local_batch_size
 from book.train import TrainConfig, translate
@@ -275,11 +276,31 @@ def pronounce(model, source_tokenizer, target_tokenizer, words, beam_size=1, max
     return translate(model, source_tokenizer, words, batch_size, max_len, decode, target_tokenizer=target_tokenizer)
 
 
-def batch_of_pairs(pairs, source_tokenizer, target_tokenizer, settings, step, rank=0, world_size=1, device=None):
-    """Process ``rank``'s slice of training batch ``step``: chapter 8's batch of pairs, cut into world_size parts."""
+LENGTH_GROUPS = 8  # batches drawn together and sorted by length (0 or 1: every batch drawn alone)
+
+
+def pairs_for_step(pairs, batch_size, seed, step, groups=LENGTH_GROUPS):
+    """The ``batch_size`` pairs of training batch ``step``, words of about one length together.
+
+    ``groups`` batches' worth of pairs are drawn at once (chapter 8's sample_pairs), sorted by
+    length and cut into ``groups`` batches, which steps take in a shuffled order. A batch of
+    similar lengths needs little padding; the draw still depends only on (seed, step).
+    """
+    if groups <= 1:
+        return sample_pairs(pairs, batch_size, seed, step)
+    chunk, place = divmod(step, groups)
+    pool = sorted(sample_pairs(pairs, batch_size * groups, f"{seed}:groups", chunk),
+                  key=lambda pair: (len(pair[0]), len(pair[1])))
+    k = random.Random(f"{seed}:{chunk}:order").sample(range(groups), groups)[place]
+    return pool[k * batch_size:(k + 1) * batch_size]
+
+
+def batch_of_pairs(pairs, source_tokenizer, target_tokenizer, settings, step, rank=0, world_size=1, device=None,
+                   groups=LENGTH_GROUPS):
+    """Process ``rank``'s slice of training batch ``step`` (pairs_for_step), cut into world_size parts."""
     b = local_batch_size(settings.batch_size, world_size)
-    batch = pairs_batch_for_step(pairs, source_tokenizer, settings.batch_size, settings.seed, step,
-                                 target_tokenizer=target_tokenizer)
+    batch = make_batch(pairs_for_step(pairs, settings.batch_size, settings.seed, step, groups), source_tokenizer,
+                       target_tokenizer=target_tokenizer)
     rows = slice(rank * b, (rank + 1) * b)
     return type(batch)(*(t[rows].to(device) for t in (batch.src, batch.tgt_in, batch.tgt_out, batch.src_mask,
                                                        batch.tgt_mask)))

@@ -1,35 +1,21 @@
 """The command line's translators (chapter 13): train --task pronounce, train --pairs FILE, translate, torchrun."""
-import os
 import random
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
 from book import cli
+from cli_helpers import ENV, book_train, one_line_error
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = ["--d-model", "16", "--heads", "2", "--layers", "1", "--d-ff", "32", "--batch-size", "8", "--warmup", "5",
         "--cooldown", "0", "--quiet"]
-ENV = dict(os.environ, OMP_NUM_THREADS="1",
-           PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-ENV.pop("WORLD_SIZE", None)
-ENV.pop("RANK", None)
 WEIGHT_TOLERANCE = 1e-5  # as tests/test_distributed.py: 1 and 2 processes, 4 steps, measured ~1e-6
-
-
-def one_line_error(code, err, *words):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 def reverse_pairs(n=200, seed=0):
@@ -120,16 +106,6 @@ def test_translate_reads_words_from_stdin(tmp_path, capsys, monkeypatch, pairs_f
     captured = capsys.readouterr()
     assert len(captured.out.splitlines()) == 3 and captured.out.splitlines()[1] == ""
     assert "line 2: empty line" in captured.err
-
-
-def book_train(out, *args, processes=1, timeout=240):
-    if processes == 1:
-        command = [sys.executable, "-m", "book"]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-                   "-m", "book"]
-    return subprocess.run([*command, "train", "--out", str(out), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=ENV, cwd=out.parent)
 
 
 def test_two_processes_train_pairs_of_different_lengths_as_one(tmp_path, pairs_file):

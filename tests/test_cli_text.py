@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from book import cli
+from cli_helpers import one_line_error
 from book.data import date_tokenizer
 from book.train import TrainConfig, build_model, make_optimizer, new_history
 
@@ -16,14 +17,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
 TINY = ["--d-model", "16", "--heads", "2", "--layers", "1", "--d-ff", "32", "--batch-size", "4", "--warmup", "5",
         "--cooldown", "0", "--quiet"]
 ENV = dict(os.environ, OMP_NUM_THREADS="1")
-
-
-def one_line_error(code, err, *words):
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    for word in words:
-        assert word in lines[0], lines[0]
 
 
 @pytest.fixture(scope="module")

@@ -1,49 +1,32 @@
 """book.distributed and the command line under torchrun: devices, batch slices, DDP equal to one process."""
 import dataclasses
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
 
 from book import cli
+from cli_helpers import ENV, book_train
 from book.data import batch_for_step, date_tokenizer, make_batch, sample_examples, split_dates
 from book.distributed import (GlobalTokenLoss, Processes, accumulate_gradients, batch_slice, local_batch_size,
                               pick_device, seed_dropout, start, wrap)
 from book.train import (TrainConfig, build_model, label_smoothed_cross_entropy, make_optimizer, train_step,
                         translate)
 
-ROOT = Path(__file__).resolve().parent.parent
 TOKENIZER = date_tokenizer()
 SPLIT = split_dates()
 TINY_ARGS = ["--d-model", "16", "--heads", "2", "--layers", "1", "--d-ff", "32", "--batch-size", "16",
              "--warmup", "3", "--cooldown", "0", "--quiet"]
-# The subprocesses import this checkout's book (installed or not) and use one thread each.
-ENV = dict(os.environ, OMP_NUM_THREADS="1",
-           PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-ENV.pop("WORLD_SIZE", None)
-ENV.pop("RANK", None)
 
 # Weights that 1 and 2 processes train to, 4 steps: measured max difference 1.4e-06 (CPU, gloo).
 WEIGHT_TOLERANCE = 1e-5
 LOGIT_TOLERANCE = 1e-4
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # see tests/conftest.py
-
-
-def book_train(out, *args, processes=1, timeout=240):
-    if processes == 1:
-        command = [sys.executable, "-m", "book"]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}",
-                   "-m", "book"]
-    return subprocess.run([*command, "train", "--out", str(out), *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env=ENV, cwd=out.parent)
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,9 @@ import zlib
 
 import pytest
 
+from book.data import sample_pairs
 from book.pronounce import (PhoneTokenizer, char_tokenizers, edit_distance, error_rates, load_dictionary,
-                            pairs_of, read_pairs, split_of, split_words, strip_stress, tokenizers_for)
+                            pairs_for_step, pairs_of, read_pairs, split_of, split_words, strip_stress, tokenizers_for)
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,36 @@ def test_no_test_word_is_trained_on_in_any_pronunciation(dictionary, split):
     several = [w for w in split.test if len(dictionary[w]) > 1]
     assert several, "the test words include words with several pronunciations"
     assert sum(map(len, split.train.values())) == len(pairs_of(split.train))
+
+
+def test_batches_grouped_by_length_are_a_shuffled_partition_of_one_draw(split):
+    pairs = pairs_of(split.train)
+    groups, size = 8, 32
+    # One chunk: steps 8..15 share one draw of 8 x 32 pairs, each pair used by exactly one step.
+    batches = [pairs_for_step(pairs, size, 0, step, groups) for step in range(8, 16)]
+    pool = sample_pairs(pairs, size * groups, "0:groups", 1)
+    assert sorted(p for batch in batches for p in batch) == sorted(pool)
+    # Each batch is one run of the pool sorted by length, so its lengths never overlap another's interior.
+    spans = sorted((len(b[0][0]), len(b[-1][0])) for b in batches)
+    assert all(lo <= hi for lo, hi in spans) and all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    # The steps take the batches in a shuffled order, not shortest first.
+    firsts = [len(b[0][0]) for b in batches]
+    assert firsts != sorted(firsts)
+    # A function of (seed, step) alone; another seed draws other pairs; groups=1 is chapter 8's draw.
+    assert pairs_for_step(pairs, size, 0, 11, groups) == batches[3]
+    assert pairs_for_step(pairs, size, 1, 11, groups) != batches[3]
+    assert pairs_for_step(pairs, size, 0, 11, 1) == sample_pairs(pairs, size, 0, 11)
+
+
+def test_grouped_batches_carry_less_padding(split):
+    pairs = pairs_of(split.train)
+
+    def real_share(groups):  # source letters that are not padding, over 64 batches of 128
+        batches = [pairs_for_step(pairs, 128, 0, step, groups) for step in range(1, 65)]
+        real = sum(len(s) for b in batches for s, _ in b)
+        return real / sum(len(b) * max(len(s) for s, _ in b) for b in batches)
+
+    assert real_share(8) > 0.8 and real_share(1) < 0.6  # measured: 0.87 and 0.50
 
 
 def test_phone_tokenizer_round_trips(dictionary):
