@@ -95,17 +95,19 @@ def plot_seeded(histories, scores, score_label, window=21):
     return fig
 
 
-def attention_maps(model, tokenizer, source, target_tokenizer=None, decode=None):
+def attention_maps(model, tokenizer, source, target_tokenizer=None, decode=None, max_len=16):
     """Answer ``source``, then read every attention layer's weights on the model's own answer.
 
     The decoder is run once more on start + answer (what it read while writing), so each map
     shows the weights behind one written token. Returns (answer, maps): maps["encoder
     self-attention"] holds one (h, S, S) tensor per layer, maps["decoder self-attention"]
     (h, T, T) and maps["cross-attention"] (h, T, S), where S counts the source tokens with
-    its end token and T the answer's tokens with the start token.
+    its end token and T the answer's tokens with the start token. The answer is cut at max_len
+    tokens, its end included (translate's default 16 fits a date; pass more for longer answers).
     """
     writer = tokenizer if target_tokenizer is None else target_tokenizer
-    answer = translate(model, tokenizer, [source], decode=decode, target_tokenizer=target_tokenizer)[0]
+    answer = translate(model, tokenizer, [source], max_len=max_len, decode=decode,
+                       target_tokenizer=target_tokenizer)[0]
     device = next(model.parameters()).device
     src = tokenizer.encode_batch([source], device=device)
     tgt_in = writer.encode_batch([answer], start=True, end=False, device=device)

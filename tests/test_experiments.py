@@ -81,6 +81,16 @@ def test_attention_maps_have_the_documented_shapes(tiny_pair_model):
     assert model.training  # the mode it was in before
 
 
+def test_attention_maps_cut_the_answer_at_max_len(tiny_pair_model):
+    model, letters, sounds = tiny_pair_model
+    never_ends = torch.tensor([sounds.pad_id, sounds.start_id, sounds.end_id])  # letters only, until max_len
+    model.generator.register_forward_hook(lambda module, inputs, logits: logits.index_fill(-1, never_ends, -1e9))
+    for max_len in (3, 16, 20):
+        answer, maps = attention_maps(model, letters, "abca", target_tokenizer=sounds, max_len=max_len)
+        assert len(answer) == max_len
+        assert maps["cross-attention"][0].size(1) == max_len + 1  # the start token, then the answer
+
+
 def test_plot_heads_refuses_labels_that_do_not_fit():
     weights = [torch.full((2, 3, 4), 0.25)]
     fig = plot_heads(weights, list("abc"), list("wxyz"), "key", "query")
