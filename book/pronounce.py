@@ -311,7 +311,7 @@ class PronounceTask:
     """What ``python -m book train --task pronounce`` trains, and how ``translate`` answers with it."""
     settings: TrainConfig = field(default_factory=lambda: TrainConfig(
         d_model=128, num_heads=4, num_layers=3, d_ff=512, dropout=0.0, share_embeddings=False, batch_size=128,
-        warmup=400, lr_factor=1.0, cooldown=2000, label_smoothing=0.1, steps=7000, eval_every=500, seed=0))
+        warmup=400, lr_factor=0.5, cooldown=3000, label_smoothing=0.1, steps=10500, eval_every=500, seed=0))
     norm_first: bool = True
     beam_size: int = 4   # translate's default for this task
     max_phones: int = 32  # the longest pronunciation has 28 phones
